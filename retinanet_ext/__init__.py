@@ -1,0 +1,15 @@
+"""RetinaNet ("Focal Loss for Dense Object Detection") as Detectron2 components.
+
+``import retinanet_ext`` applies the Detectron2 compatibility bridges
+(:mod:`retinanet_ext.compat`) and registers every component of the package into
+Detectron2's registries; nothing else is needed before building a model from a config.
+"""
+
+from retinanet_ext import compat
+
+compat.apply()
+
+from retinanet_ext.config import add_retinanet_ext_config, get_retinanet_ext_cfg  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["add_retinanet_ext_config", "get_retinanet_ext_cfg", "compat", "__version__"]
