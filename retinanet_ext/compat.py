@@ -119,7 +119,9 @@ def _bridge_compiled_extension() -> bool:
 def _bridge_rotated_nms() -> None:
     """v0.6 calls rotated NMS through ``torch.ops.detectron2``, registered by ``_C``."""
     from detectron2 import layers
-    from detectron2.layers import nms
+
+    # Not "from detectron2.layers import nms": the package exports a function of that name.
+    nms = importlib.import_module("detectron2.layers.nms")
 
     def nms_rotated(boxes: Any, scores: Any, iou_threshold: float) -> Any:
         raise MissingCompiledExtensionError("detectron2.layers.nms_rotated")

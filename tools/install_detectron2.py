@@ -47,7 +47,8 @@ def setup(**kwargs):
     kwargs.pop("ext_modules", None)
     kwargs.pop("cmdclass", None)
     zoo = os.path.join("detectron2", "model_zoo")
-    configs = [os.path.relpath(p, zoo) for p in glob.glob(os.path.join(zoo, "configs", "**", "*.*"), recursive=True)]
+    found = glob.glob(os.path.join(zoo, "configs", "**", "*.*"), recursive=True)
+    configs = [os.path.relpath(p, zoo) for p in found]
     kwargs.setdefault("package_data", {})["detectron2.model_zoo"] = configs
     return _setup(**kwargs)
 setuptools.setup = setup
@@ -162,7 +163,8 @@ def main() -> None:
         log(
             "GitHub reachable: installing the official source with its C++ extension"
             if route == "source"
-            else "GitHub not reachable: installing the v0.6 release from PyPI without its C++ extension"
+            else "GitHub not reachable: installing the v0.6 release from PyPI without its "
+            "C++ extension"
         )
     if route == "source":
         try:

@@ -1,0 +1,28 @@
+"""Shared fixtures. ``retinanet_ext`` is imported first so its Detectron2 bridges apply."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import retinanet_ext  # noqa: F401  (registers components, applies compat bridges)
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_datasets_root() -> Path:
+    """Where the shared real datasets live: $RETINANET_EXT_DATASETS or ../shared/datasets."""
+    return Path(os.environ.get("RETINANET_EXT_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    root = shared_datasets_root()
+    if not root.is_dir():
+        pytest.skip(f"shared datasets not found at {root} (set RETINANET_EXT_DATASETS)")
+    return root
