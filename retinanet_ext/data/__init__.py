@@ -1,0 +1,52 @@
+"""Datasets for retinanet_ext: register COCO, Pascal VOC and CSV data, and validate it.
+
+One call registers a dataset in Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``
+(standard dataset dicts, ``evaluator_type="coco"``); on first load it is validated
+(missing or unreadable images are errors; out-of-image boxes are clipped, empty and
+inverted boxes dropped, with warnings) and summarised::
+
+    from retinanet_ext.data import register_voc_dataset, check_data
+    register_voc_dataset("bccd_train", "../shared/datasets/bccd/BCCD", "train")
+    check_data(["bccd_train"])  # prints images, boxes per class, clipped / dropped
+
+From the command line: ``--dataset NAME=voc:ROOT:SPLIT`` (see :mod:`.spec`).
+"""
+
+from retinanet_ext.data.catalog import (
+    check_data,
+    check_num_classes,
+    dataset_classes,
+    unregister_dataset,
+    validate_dataset,
+)
+from retinanet_ext.data.coco import register_coco_dataset
+from retinanet_ext.data.csv_dataset import read_classes_file, register_csv_dataset
+from retinanet_ext.data.spec import (
+    SPEC_GRAMMAR,
+    DatasetSpec,
+    parse_dataset_spec,
+    register_dataset_spec,
+)
+from retinanet_ext.data.split import make_split
+from retinanet_ext.data.validation import DatasetError, DatasetSummary
+from retinanet_ext.data.voc import list_voc_ids, register_voc_dataset
+
+__all__ = [
+    "DatasetError",
+    "DatasetSpec",
+    "DatasetSummary",
+    "SPEC_GRAMMAR",
+    "check_data",
+    "check_num_classes",
+    "dataset_classes",
+    "list_voc_ids",
+    "make_split",
+    "parse_dataset_spec",
+    "read_classes_file",
+    "register_coco_dataset",
+    "register_csv_dataset",
+    "register_dataset_spec",
+    "register_voc_dataset",
+    "unregister_dataset",
+    "validate_dataset",
+]

@@ -1,0 +1,364 @@
+"""Checks every dataset goes through before training: images, sizes and boxes.
+
+:func:`validate_records` takes Detectron2 standard dataset dicts (as the format loaders
+in this package produce them) and returns them cleaned, with a :class:`DatasetSummary`:
+
+* every image is opened (header only: ``PIL.Image.open`` is lazy, so this costs a few
+  hundred microseconds an image); a missing or unreadable image is a
+  :class:`DatasetError` naming the file. The image's own size is the truth: a
+  width/height in the annotation that disagrees with it is replaced, with a warning.
+  The format comes from the content, not the extension, as in Detectron2's
+  ``read_image``; an extension that lies is a warning.
+* boxes past the image edge are clipped to it and counted; zero-area, inverted,
+  non-finite and fully-outside boxes are dropped with a warning naming the file.
+* crowd boxes (``iscrowd=1``) are kept and counted: Detectron2's ``DatasetMapper``
+  removes them before training, so they are never positives, and COCO evaluation
+  treats them as ignore regions.
+
+Warnings go to the ``retinanet_ext.data`` logger, one line per problem file (at most
+:data:`MAX_WARNING_LINES` a dataset) and one summary line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectron2.structures import BoxMode
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger("retinanet_ext.data")
+
+MAX_WARNING_LINES = 20
+"""Per dataset, at most this many per-file warning lines are logged; the rest are counted."""
+
+SOURCE_KEY = "_source"
+"""Private key a loader may put in a record (the file it came from) or in an annotation
+(where in that file, e.g. ``"line 12"``), used in messages. :func:`validate_records`
+removes it."""
+
+_EXIF_ORIENTATION_TAG = 274
+# EXIF orientations 5-8 rotate by 90 degrees: Detectron2's read_image applies them, so the
+# array it returns has width and height swapped relative to the stored pixels.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+_FORMATS_BY_EXTENSION = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+
+DROP_REASONS = ("zero-area", "inverted", "non-finite", "outside image")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used as it is; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, as Detectron2's ``read_image`` will see it."""
+
+    width: int
+    height: int
+    format: str | None
+
+
+def read_image_header(path: str, *, referenced_by: str | None = None) -> ImageHeader:
+    """Read an image's size and format from its header, without decoding the pixels.
+
+    The size is the one Detectron2's ``read_image`` returns: EXIF orientations that
+    rotate by 90 degrees swap width and height.
+
+    Args:
+        path: the image file.
+        referenced_by: the annotation file that names the image, for error messages.
+
+    Raises:
+        DatasetError: the file is missing or is not an image PIL can read.
+    """
+    where = f" (referenced by {referenced_by})" if referenced_by else ""
+    if not os.path.isfile(path):
+        raise DatasetError(f"Image file not found: {path}{where}.")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image_format = image.format
+            # info["exif"] is read with the header for JPEG/WebP; Image.getexif() would
+            # decode the whole file for PNG, which this check must not do.
+            raw_exif = image.info.get("exif")
+            orientation = None
+            if raw_exif:
+                exif = Image.Exif()
+                exif.load(raw_exif)
+                orientation = exif.get(_EXIF_ORIENTATION_TAG)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(
+            f"Cannot read image {path}{where}: expected an image file PIL can open, "
+            f"got: {error}"
+        ) from error
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return ImageHeader(width=width, height=height, format=image_format)
+
+
+def decode_image(path: str) -> None:
+    """Decode every pixel of ``path``; raises :class:`DatasetError` if that fails.
+
+    A header check does not notice a truncated or corrupt image body; this does.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"Cannot decode image {path}: {error}") from error
+
+
+@dataclass
+class DatasetSummary:
+    """What a dataset holds after validation, and what validation had to change.
+
+    Box counts are of the boxes kept (after clipping and dropping). ``boxes_per_class``
+    counts ordinary boxes, ``crowd_per_class`` crowd regions; both are keyed by class
+    name, in ``thing_classes`` order.
+    """
+
+    name: str
+    source: str
+    thing_classes: list[str]
+    num_images: int = 0
+    boxes_per_class: dict[str, int] = field(default_factory=dict)
+    crowd_per_class: dict[str, int] = field(default_factory=dict)
+    images_without_boxes: int = 0
+    clipped_boxes: int = 0
+    dropped_by_reason: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(DROP_REASONS, 0)
+    )
+    size_mismatches: int = 0
+    format_mismatches: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    """Problem file (or ``file:line``) -> what was wrong there and what was done."""
+
+    @property
+    def num_boxes(self) -> int:
+        """Boxes kept, crowd regions included."""
+        return sum(self.boxes_per_class.values()) + self.crowd_boxes
+
+    @property
+    def crowd_boxes(self) -> int:
+        return sum(self.crowd_per_class.values())
+
+    @property
+    def dropped_boxes(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.thing_classes)
+
+    def table(self) -> str:
+        """The summary as a plain-text table, for the log or the terminal."""
+        name_width = max([len("class"), len("total")] + [len(c) for c in self.thing_classes])
+        lines = [
+            f"Dataset '{self.name}' ({self.source}): {self.num_images} images, "
+            f"{self.num_classes} classes, {self.num_boxes} boxes",
+            f"  {'id':>3}  {'class':<{name_width}}  {'boxes':>7}  {'crowd':>6}",
+        ]
+        for class_id, class_name in enumerate(self.thing_classes):
+            lines.append(
+                f"  {class_id:>3}  {class_name:<{name_width}}  "
+                f"{self.boxes_per_class.get(class_name, 0):>7}  "
+                f"{self.crowd_per_class.get(class_name, 0):>6}"
+            )
+        lines.append(
+            f"  {'':>3}  {'total':<{name_width}}  {sum(self.boxes_per_class.values()):>7}  "
+            f"{self.crowd_boxes:>6}"
+        )
+        dropped = ", ".join(f"{k} {v}" for k, v in self.dropped_by_reason.items() if v)
+        lines += [
+            f"  images without boxes: {self.images_without_boxes}",
+            f"  clipped boxes:        {self.clipped_boxes}",
+            f"  dropped boxes:        {self.dropped_boxes}" + (f" ({dropped})" if dropped else ""),
+            f"  crowd boxes:          {self.crowd_boxes}",
+            f"  size mismatches:      {self.size_mismatches} (annotation size replaced by "
+            "the image's)",
+            f"  format mismatches:    {self.format_mismatches} (extension differs from "
+            "content; read by content)",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _as_xyxy(bbox: Sequence[float], bbox_mode: BoxMode) -> list[float]:
+    if bbox_mode == BoxMode.XYXY_ABS:
+        return [float(v) for v in bbox]
+    if bbox_mode == BoxMode.XYWH_ABS:
+        x, y, w, h = (float(v) for v in bbox)
+        return [x, y, x + w, y + h]
+    raise DatasetError(
+        f"Unsupported bbox_mode {bbox_mode!r}: expected BoxMode.XYXY_ABS or BoxMode.XYWH_ABS."
+    )
+
+
+def _from_xyxy(box: list[float], bbox_mode: BoxMode) -> list[float]:
+    if bbox_mode == BoxMode.XYWH_ABS:
+        return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+    return box
+
+
+def _format_box(box: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+def _drop_reason(box: list[float]) -> str | None:
+    if not all(math.isfinite(v) for v in box):
+        return "non-finite"
+    x1, y1, x2, y2 = box
+    if x2 < x1 or y2 < y1:
+        return "inverted"
+    if x2 == x1 or y2 == y1:
+        return "zero-area"
+    return None
+
+
+def validate_records(
+    name: str,
+    records: list[dict[str, Any]],
+    thing_classes: Sequence[str],
+    *,
+    source: str = "",
+) -> tuple[list[dict[str, Any]], DatasetSummary]:
+    """Check and clean Detectron2 dataset dicts; see the module docstring for the rules.
+
+    Args:
+        name: the dataset's name, for messages.
+        records: standard dataset dicts. ``height``/``width`` may be missing (taken from
+            the image). Each record or annotation may carry a ``"_source"`` key
+            (:data:`SOURCE_KEY`) saying where it came from; it is removed.
+        thing_classes: class names, indexed by the contiguous ``category_id``.
+        source: where the dataset came from, for the summary (e.g. ``"voc: /data/bccd"``).
+
+    Returns:
+        The cleaned records (new dicts; the input is not modified) and the summary.
+
+    Raises:
+        DatasetError: an image is missing or unreadable, or a ``category_id`` is outside
+            ``[0, len(thing_classes))``.
+    """
+    summary = DatasetSummary(
+        name=name,
+        source=source,
+        thing_classes=list(thing_classes),
+        boxes_per_class=dict.fromkeys(thing_classes, 0),
+        crowd_per_class=dict.fromkeys(thing_classes, 0),
+    )
+    cleaned: list[dict[str, Any]] = []
+    for record in records:
+        record = dict(record)
+        record_source = str(record.pop(SOURCE_KEY, record.get("file_name", "?")))
+        problems: list[str] = []
+
+        file_name = str(record["file_name"])
+        header = read_image_header(file_name, referenced_by=record_source)
+        extension = os.path.splitext(file_name)[1].lower()
+        expected_format = _FORMATS_BY_EXTENSION.get(extension)
+        if expected_format and header.format and header.format != expected_format:
+            summary.format_mismatches += 1
+            problems.append(
+                f"image {file_name} is named '{extension}' but its content is "
+                f"{header.format}; read by content"
+            )
+        stated = (record.get("width"), record.get("height"))
+        if stated != (None, None) and stated != (header.width, header.height):
+            summary.size_mismatches += 1
+            problems.append(
+                f"annotation says size {stated[0]}x{stated[1]} (WxH) but image {file_name} "
+                f"is {header.width}x{header.height}; using the image's size"
+            )
+        record["width"], record["height"] = header.width, header.height
+
+        kept = []
+        for annotation in record.get("annotations", []):
+            annotation = dict(annotation)
+            detail = annotation.pop(SOURCE_KEY, None)
+            at = f"{detail}: " if detail else ""
+            category_id = annotation["category_id"]
+            if not 0 <= category_id < len(thing_classes):
+                raise DatasetError(
+                    f"{record_source}: {at}category_id {category_id} is outside the dataset's "
+                    f"{len(thing_classes)} classes (expected 0..{len(thing_classes) - 1})."
+                )
+            class_name = thing_classes[category_id]
+            bbox_mode = annotation.get("bbox_mode", BoxMode.XYXY_ABS)
+            box = _as_xyxy(annotation["bbox"], bbox_mode)
+            reason = _drop_reason(box)
+            if reason is None:
+                clipped = [
+                    min(max(box[0], 0.0), header.width),
+                    min(max(box[1], 0.0), header.height),
+                    min(max(box[2], 0.0), header.width),
+                    min(max(box[3], 0.0), header.height),
+                ]
+                if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                    reason = "outside image"
+                elif clipped != box:
+                    summary.clipped_boxes += 1
+                    problems.append(
+                        f"{at}clipped {class_name} box {_format_box(box)} to the "
+                        f"{header.width}x{header.height} image: {_format_box(clipped)}"
+                    )
+                    annotation["bbox"] = _from_xyxy(clipped, bbox_mode)
+            if reason is not None:
+                summary.dropped_by_reason[reason] += 1
+                problems.append(f"{at}dropped {reason} {class_name} box {_format_box(box)}")
+                continue
+            annotation["bbox_mode"] = bbox_mode
+            annotation.setdefault("iscrowd", 0)
+            if annotation["iscrowd"]:
+                summary.crowd_per_class[class_name] += 1
+            else:
+                summary.boxes_per_class[class_name] += 1
+            kept.append(annotation)
+        record["annotations"] = kept
+        summary.num_images += 1
+        if not kept:
+            summary.images_without_boxes += 1
+        if problems:
+            summary.problems.setdefault(record_source, []).extend(problems)
+        cleaned.append(record)
+
+    _log_problems(summary)
+    return cleaned, summary
+
+
+def _log_problems(summary: DatasetSummary) -> None:
+    if not summary.problems:
+        return
+    for index, (where, whats) in enumerate(summary.problems.items()):
+        if index == MAX_WARNING_LINES:
+            logger.warning(
+                "... and %d more files with problems in dataset '%s' (see the summary's "
+                "'problems').", len(summary.problems) - MAX_WARNING_LINES, summary.name
+            )
+            break
+        logger.warning("%s: %s", where, "; ".join(whats))
+    dropped = ", ".join(f"{v} {k}" for k, v in summary.dropped_by_reason.items() if v)
+    logger.warning(
+        "Dataset '%s', files with problems: %d; boxes clipped to the image: %d; boxes "
+        "dropped: %d%s; image sizes differing from the annotation: %d; image formats "
+        "differing from the extension: %d.",
+        summary.name, len(summary.problems), summary.clipped_boxes, summary.dropped_boxes,
+        f" ({dropped})" if dropped else "", summary.size_mismatches, summary.format_mismatches,
+    )
