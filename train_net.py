@@ -20,6 +20,7 @@ import sys
 
 import retinanet_ext  # noqa: F401  (applies the Detectron2 bridges, registers components)
 from retinanet_ext import compat
+from retinanet_ext.data import DatasetError, check_data, check_num_classes, register_dataset_spec
 from retinanet_ext.engine import (
     CheckpointError,
     ConfigError,
@@ -35,6 +36,7 @@ from retinanet_ext.engine import (
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 logger = logging.getLogger("retinanet_ext")
 
@@ -64,10 +66,6 @@ def build_parser():
 
 
 def register_datasets(specs: list[str]) -> list[str]:
-    if not specs:
-        return []
-    from retinanet_ext.data import register_dataset_spec
-
     return [register_dataset_spec(spec) for spec in specs]
 
 
@@ -81,8 +79,15 @@ def setup(args) -> CfgNode:
         if not args.eval_only:
             datasets = list(cfg.DATASETS.TRAIN) + datasets
         check_datasets_available(datasets)
-        _check_num_classes(cfg, datasets)
+        try:
+            check_num_classes(cfg, datasets)
+        except DatasetError:
+            raise
+        except ValueError as error:  # NUM_CLASSES disagrees with the data
+            raise ConfigError(str(error)) from error
     default_setup(cfg, args)
+    # Dataset warnings (clipped or dropped boxes) go to the console and OUTPUT_DIR/log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_ext")
     return cfg
 
 
@@ -90,8 +95,6 @@ def main(args) -> dict | None:
     register_datasets(args.dataset)
     cfg = setup(args)
     if args.check_data:
-        from retinanet_ext.data import check_data
-
         check_data(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
         return None
     if args.eval_only:
@@ -101,14 +104,6 @@ def main(args) -> dict | None:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
-
-
-def _check_num_classes(cfg: CfgNode, datasets: list[str]) -> None:
-    try:
-        from retinanet_ext.data import check_num_classes
-    except ImportError:  # data package without the check: nothing to compare against
-        return
-    check_num_classes(cfg, datasets)
 
 
 def run_demo(args) -> None:
@@ -136,15 +131,7 @@ def cli(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, MissingDatasetError, CheckpointError) as error:
-        if comm.is_main_process():
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        # Dataset validation errors (retinanet_ext.data.DatasetError) are ValueErrors
-        # naming the file; anything else is a bug and keeps its traceback.
-        if type(error).__name__ != "DatasetError":
-            raise
+    except (ConfigError, MissingDatasetError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
