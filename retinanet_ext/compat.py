@@ -276,7 +276,9 @@ def launch(
         from detectron2.engine.launch import _find_free_port
 
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    logger.info("No CUDA: launching %d CPU processes per machine over gloo", num_gpus_per_machine)
+    # Printed, not logged: loggers are set up inside the workers, not in this process.
+    print(f"No CUDA: launching {num_gpus_per_machine} CPU processes per machine over gloo",
+          file=sys.stderr, flush=True)
     import torch.multiprocessing as mp
 
     mp.start_processes(

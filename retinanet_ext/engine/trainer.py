@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -24,12 +25,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or holds no weights of this model."""
 
 
+class ProgressLoader:
+    """Wraps a test data loader to log inference progress: at every 10% and at the end.
+
+    Detectron2's ``inference_on_dataset`` logs only every 5 s after a warm-up, so a
+    short evaluation shows nothing; this always shows where it is and the ETA.
+    """
+
+    def __init__(self, loader: Any, name: str) -> None:
+        self.loader = loader
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        total = len(self.loader)
+        step = max(1, total // 10)
+        started = time.perf_counter()
+        for done, batch in enumerate(self.loader, start=1):
+            yield batch
+            if done % step == 0 or done == total:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / done * (total - done)
+                logger.info("Inference on %s: %d/%d images, %.1f s elapsed, ETA %.0f s",
+                            self.name, done, total, elapsed, eta)
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` whose evaluator is the COCO evaluator, for any registered dataset.
 
     Uses Detectron2's fast evaluator where its compiled extension is installed and
     the official pycocotools one otherwise (same numbers, slower).
     """
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> ProgressLoader:
+        return ProgressLoader(super().build_test_loader(cfg, dataset_name), dataset_name)
 
     @classmethod
     def build_evaluator(
