@@ -9,6 +9,7 @@ from retinanet_ext import compat
 
 compat.apply()
 
+import retinanet_ext.modeling  # noqa: E402, F401  (registers the model components)
 from retinanet_ext.config import add_retinanet_ext_config, get_retinanet_ext_cfg  # noqa: E402
 
 __version__ = "0.1.0"

@@ -1,0 +1,338 @@
+"""Time our RetinaNetExt against Detectron2's RetinaNet on CPU, same weights, same inputs.
+
+Both R50-FPN models are built in this process from Detectron2's COCO RetinaNet config (ours
+switches only the meta-architecture, backbone and anchor-generator names) and Detectron2's
+random-init weights are loaded into ours. Runs alternate between the two models (and which
+one goes first) so that drifts in machine load hit both alike; medians are reported.
+
+Inference: ``model.eval()`` forward of one image, with post-processing. Training step:
+``model.train()`` forward + backward of one image with three boxes (the optimizer update
+is the same code for both and is left out). Post-head rows: only the stage after the head
+(the code that differs; backbone and head are the same convolutions in both), timed on
+the same precomputed head outputs, which is far less sensitive to machine load.
+
+The predictor weights are rescaled so that class logits spread with standard deviation 1
+around ``--cls-bias`` (default -3.0, sigmoid 0.047; the prior init is -4.6) and deltas
+with 0.1 (see :func:`calibrate_head`): as with a trained model, thousands of candidates
+reach top-k and NMS, and scores are not saturated (no ties).
+
+    .venv/bin/python benchmarks/bench_model.py                      # defaults
+    .venv/bin/python benchmarks/bench_model.py --sizes 512x768 --infer-repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import retinanet_ext  # noqa: E402  (compat bridges and registration first)
+
+from detectron2 import model_zoo  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+
+def build_models(depth: int, cls_bias: float) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ours, theirs) with identical weights, in eval mode."""
+
+    def cfg_for(ours: bool):
+        cfg = retinanet_ext.add_retinanet_ext_config(get_cfg())
+        cfg.merge_from_file(
+            model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+        )
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.RESNETS.DEPTH = depth
+        if depth in (18, 34):
+            cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        if ours:
+            cfg.MODEL.META_ARCHITECTURE = "RetinaNetExt"
+            cfg.MODEL.BACKBONE.NAME = "build_retinanet_ext_resnet_fpn_backbone"
+            cfg.MODEL.ANCHOR_GENERATOR.NAME = "RetinaNetExtAnchorGenerator"
+        return cfg
+
+    torch.manual_seed(0)
+    theirs = build_model(cfg_for(False)).eval()
+    calibrate_head(theirs, cls_bias)
+    ours = build_model(cfg_for(True))
+    ours.load_state_dict(theirs.state_dict())
+    return ours.eval(), theirs.eval()
+
+
+def calibrate_head(model: torch.nn.Module, cls_bias: float) -> None:
+    """Give a random-init model the output statistics of a trained one.
+
+    A random-init ResNet with frozen BatchNorm (identity statistics) lets activations grow
+    with depth, so the head's outputs are huge: every score is 0 or exactly 1 and the
+    top-k / NMS workload degenerates into ties. The network is positively homogeneous up to
+    the predictors, so scaling their weights sets the spread of the outputs: class logits
+    get standard deviation 1 around ``cls_bias`` and box deltas 0.1 on P3 of a calibration
+    image. Same weights for both models afterwards.
+    """
+    item = make_inputs(512, 768, training=False)[0]
+    with torch.no_grad():
+        images = model.preprocess_image([item])
+        p3 = model.backbone(images.tensor)[model.head_in_features[0]]
+        for subnet, predictor, target_std in (
+            (model.head.cls_subnet, model.head.cls_score, 1.0),
+            (model.head.bbox_subnet, model.head.bbox_pred, 0.1),
+        ):
+            predictor.bias.zero_()
+            spread = predictor(subnet(p3)).std().item()
+            predictor.weight.mul_(target_std / spread)
+        model.head.cls_score.bias.fill_(cls_bias)
+
+
+def make_inputs(height: int, width: int, training: bool) -> list[dict]:
+    generator = torch.Generator().manual_seed(height * 10000 + width)
+    item = {"image": torch.rand(3, height, width, generator=generator) * 255}
+    if training:
+        instances = Instances((height, width))
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        fractions = torch.tensor(
+            [[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.9, 0.8], [0.6, 0.6, 0.7, 0.75]]
+        )
+        instances.gt_boxes = Boxes(fractions * scale)
+        instances.gt_classes = torch.tensor([0, 17, 56])
+        item["instances"] = instances
+    return [item]
+
+
+def inference_step(model: torch.nn.Module, inputs: list[dict]) -> Callable[[], int]:
+    def run() -> int:
+        model.eval()
+        with torch.no_grad():
+            return len(model(inputs)[0]["instances"])
+
+    return run
+
+
+def training_step(model: torch.nn.Module, inputs: list[dict]) -> Callable[[], float]:
+    def run() -> float:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with EventStorage():
+            losses = model(inputs)
+        total = sum(losses.values())
+        total.backward()
+        return round(float(total), 4)
+
+    return run
+
+
+def post_head_steps(
+    ours: torch.nn.Module, theirs: torch.nn.Module, inputs: list[dict], training: bool
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The stage after the head only (anchors, targets and losses with their backward, or
+    decoding, top-k and NMS), on the same precomputed features and head outputs.
+
+    Detectron2's side calls its ``forward_training`` / ``forward_inference``.
+    """
+    with torch.no_grad():
+        images = theirs.preprocess_image(inputs)
+        all_features = theirs.backbone(images.tensor)
+        features = [all_features[name] for name in theirs.head_in_features]
+        predictions = theirs.head(features)
+    gt_instances = [item["instances"] for item in inputs] if training else None
+
+    def fresh_predictions() -> list[list[torch.Tensor]]:
+        return [[x.detach().clone().requires_grad_(training) for x in p] for p in predictions]
+
+    def ours_step() -> object:
+        if training:
+            losses = ours.losses(features, fresh_predictions(), gt_instances)
+            total = sum(losses.values())
+            total.backward()
+            return round(float(total), 4)
+        with torch.no_grad():
+            return len(ours.detect(features, predictions, images.image_sizes)[0])
+
+    def theirs_step() -> object:
+        if training:
+            with EventStorage():
+                losses = theirs.forward_training(
+                    images, features, fresh_predictions(), gt_instances
+                )
+            total = sum(losses.values())
+            total.backward()
+            return round(float(total), 4)
+        with torch.no_grad():  # Detectron2 applies sigmoid_ in place: give it a copy
+            return len(theirs.forward_inference(images, features, fresh_predictions())[0])
+
+    return ours_step, theirs_step
+
+
+def time_alternating(
+    ours: Callable[[], object], theirs: Callable[[], object], repeats: int
+) -> tuple[list[float], list[float], object, object]:
+    """One warm-up each, then ``repeats`` timed runs each, alternating who goes first."""
+    ours_result, theirs_result = ours(), theirs()
+    ours_times, theirs_times = [], []
+    for index in range(repeats):
+        order = [(ours, ours_times), (theirs, theirs_times)]
+        for step, times in order if index % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return ours_times, theirs_times, ours_result, theirs_result
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="512x768,800x1333", help="HxW list, comma separated")
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--infer-repeats", type=int, default=5)
+    parser.add_argument("--train-repeats", type=int, default=3)
+    parser.add_argument(
+        "--large-repeats-scale",
+        type=float,
+        default=0.6,
+        help="repeat counts are multiplied by this (at least 2) for images over 600k pixels",
+    )
+    parser.add_argument(
+        "--post-repeats", type=int, default=7, help="runs of the post-head stage alone"
+    )
+    parser.add_argument(
+        "--modes",
+        default="inference,train step,post-head inference,post-head train",
+        help="which rows to run, comma separated",
+    )
+    parser.add_argument("--cls-bias", type=float, default=-3.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/model_cpu.md"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import detectron2
+
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "detectron2": detectron2.__version__,
+        "model": f"RetinaNet R{args.depth}-FPN, 80 classes, random init, predictors "
+        f"calibrated: logits N({args.cls_bias}, 1), deltas std 0.1",
+        "load_average_start": load_average(),
+    }
+    print(json.dumps(info, indent=1), flush=True)
+    ours, theirs = build_models(args.depth, args.cls_bias)
+
+    rows = []
+    for size in args.sizes.split(","):
+        height, width = (int(v) for v in size.lower().split("x"))
+        scale = args.large_repeats_scale if height * width > 600_000 else 1.0
+        for mode, repeats in (
+            ("inference", args.infer_repeats),
+            ("train step", args.train_repeats),
+            ("post-head inference", args.post_repeats),
+            ("post-head train", args.post_repeats),
+        ):
+            if mode not in args.modes.split(","):
+                continue
+            training = "train" in mode
+            if not mode.startswith("post-head"):
+                repeats = max(2, round(repeats * scale))
+            inputs = make_inputs(height, width, training=training)
+            if mode.startswith("post-head"):
+                ours_step, theirs_step = post_head_steps(ours, theirs, inputs, training)
+            else:
+                make_step = training_step if training else inference_step
+                ours_step, theirs_step = make_step(ours, inputs), make_step(theirs, inputs)
+            ours_times, theirs_times, ours_out, theirs_out = time_alternating(
+                ours_step, theirs_step, repeats
+            )
+            row = {
+                "size": f"{height}x{width}",
+                "mode": mode,
+                "repeats": repeats,
+                "ours_median_s": statistics.median(ours_times),
+                "theirs_median_s": statistics.median(theirs_times),
+                "ours_min_s": min(ours_times),
+                "theirs_min_s": min(theirs_times),
+                "ours_output": ours_out,
+                "theirs_output": theirs_out,
+            }
+            row["ratio"] = row["ours_median_s"] / row["theirs_median_s"]
+            row["ratio_min"] = row["ours_min_s"] / row["theirs_min_s"]
+            rows.append(row)
+            print(
+                f"{row['size']:>9} {mode:<19} n={repeats}  ours {row['ours_median_s']:.3f}s  "
+                f"theirs {row['theirs_median_s']:.3f}s  ratio {row['ratio']:.3f} "
+                f"(of mins {row['ratio_min']:.3f})  "
+                f"(outputs: {ours_out} vs {theirs_out})",
+                flush=True,
+            )
+    info["load_average_end"] = load_average()
+    write_results(Path(args.out), info, rows, " ".join(sys.argv[1:]))
+
+
+def write_results(path: Path, info: dict, rows: list[dict], argv: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# RetinaNetExt vs Detectron2 RetinaNet, CPU",
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_model.py {argv}`".rstrip() + "",
+        "",
+        "| key | value |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in info.items()),
+        "",
+        "Median (and min) seconds per call, same weights and inputs, runs alternating. "
+        "Outputs: detections (inference) or total loss (training) of each model. "
+        "'post-head' rows time only what follows the head (anchors, matching, losses and "
+        "their backward; or threshold, top-k, decoding, NMS) on the same precomputed head "
+        "outputs: the part where the two implementations differ.",
+        "",
+        "| image | mode | runs | ours median | D2 median | ratio ours/D2 | ours min | D2 min "
+        "| ratio of mins | outputs ours / D2 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        outputs = f"{row['ours_output']} / {row['theirs_output']}"
+        lines.append(
+            f"| {row['size']} | {row['mode']} | {row['repeats']} | {row['ours_median_s']:.3f} "
+            f"| {row['theirs_median_s']:.3f} | {row['ratio']:.3f} | {row['ours_min_s']:.3f} "
+            f"| {row['theirs_min_s']:.3f} | {row['ratio_min']:.3f} | {outputs} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

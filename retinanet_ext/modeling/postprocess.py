@@ -1,0 +1,161 @@
+"""From dense predictions to detections (paper, Sec. 4.1 "Inference").
+
+Per image and pyramid level: keep scores above a threshold, then at most the top-k of them;
+decode their boxes; merge the levels; class-wise NMS; keep the best detections per image.
+The threshold and the decoding run on all images and levels at once; top-k runs per
+(image, level) segment of the surviving candidates, NMS per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+__all__ = ["decode_detections", "select_candidates", "topk_per_segment"]
+
+# Candidates are preselected on logits with this margin below logit(threshold), then
+# checked exactly on sigmoid(logit) (float32 sigmoid is accurate to far less than this).
+_LOGIT_MARGIN = 1e-3
+
+
+def topk_per_segment(values: Tensor, segment_bounds: Tensor, k: int) -> Tensor:
+    """Positions of the k largest values of each contiguous segment, best first per segment.
+
+    Args:
+        values: Tensor[M].
+        segment_bounds: Tensor[G + 1] int64, non-decreasing; segment g is
+            ``values[bounds[g]:bounds[g + 1]]`` (it may be empty).
+        k: how many to keep per segment at most.
+
+    Returns:
+        Tensor[M'] int64 positions into ``values``, segment by segment, each segment's in
+        descending order of value. A partial selection (``topk``) per segment, O(M) in all:
+        the loop runs over segments (images x levels), never over elements.
+    """
+    bounds = segment_bounds.tolist()
+    kept = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end > start:
+            order = values[start:end].topk(min(k, end - start), sorted=True).indices
+            kept.append(order + start)
+    if not kept:
+        return torch.zeros(0, dtype=torch.int64, device=values.device)
+    return torch.cat(kept)
+
+
+def select_candidates(
+    logits: Tensor,
+    anchors_per_level: Sequence[int],
+    score_thresh: float,
+    topk_candidates: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per image and level, the (anchor, class) pairs with score > threshold, top-k of them.
+
+    Args:
+        logits: Tensor[N, R, K] class logits, levels concatenated along R.
+        anchors_per_level: R_i = H_i * W_i * A for each level (sum R).
+        score_thresh: keep sigmoid(logit) > score_thresh.
+        topk_candidates: at most this many per image and level.
+
+    Returns:
+        image_idx, anchor_idx, class_idx: Tensor[C] int64; scores: Tensor[C] (probabilities).
+        Grouped by image, then level; within a group by descending score.
+    """
+    num_images, num_anchors, num_classes = logits.shape
+    flat_logits = logits.reshape(-1)
+    # Sigmoid is monotonic: select on logits, and take the sigmoid of the survivors only.
+    if score_thresh <= 0.0:
+        candidates = torch.arange(flat_logits.numel(), device=logits.device)
+    elif score_thresh >= 1.0:
+        candidates = torch.zeros(0, dtype=torch.int64, device=logits.device)
+    else:
+        logit_thresh = math.log(score_thresh / (1.0 - score_thresh)) - _LOGIT_MARGIN
+        candidates = torch.nonzero(flat_logits > logit_thresh).squeeze(1)
+    # Candidates are in flat (image, anchor, class) order, so each (image, level) group is a
+    # contiguous run; its bounds come from a binary search of the group starts.
+    level_starts = [0]
+    for count in anchors_per_level:
+        level_starts.append(level_starts[-1] + count)
+    group_starts = torch.tensor(
+        [
+            image * num_anchors * num_classes + start * num_classes
+            for image in range(num_images)
+            for start in level_starts[:-1]
+        ]
+        + [num_images * num_anchors * num_classes],
+        device=logits.device,
+    )
+    bounds = torch.searchsorted(candidates, group_starts)
+    candidate_logits = flat_logits[candidates]
+    kept = candidates[topk_per_segment(candidate_logits, bounds, topk_candidates)]
+
+    scores = torch.sigmoid(flat_logits[kept])
+    above = scores > score_thresh  # exact test, as on probabilities
+    kept, scores = kept[above], scores[above]
+    image_idx = torch.div(kept, num_anchors * num_classes, rounding_mode="floor")
+    anchor_class = kept - image_idx * (num_anchors * num_classes)
+    anchor_idx = torch.div(anchor_class, num_classes, rounding_mode="floor")
+    class_idx = anchor_class - anchor_idx * num_classes
+    return image_idx, anchor_idx, class_idx, scores
+
+
+def decode_detections(
+    logits: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    anchors_per_level: Sequence[int],
+    image_sizes: Sequence[tuple[int, int]],
+    box2box_transform: Box2BoxTransform,
+    score_thresh: float = 0.05,
+    topk_candidates: int = 1000,
+    nms_thresh: float = 0.5,
+    max_detections_per_image: int = 100,
+) -> list[Instances]:
+    """Detections of a batch, in the input (padded-batch) coordinates.
+
+    Args:
+        logits: Tensor[N, R, K] class logits.
+        deltas: Tensor[N, R, 4] box deltas.
+        anchors: Tensor[R, 4] XYXY pixels.
+        anchors_per_level: R_i per level, see :func:`select_candidates`.
+        image_sizes: (height, width) of each image before padding.
+        box2box_transform: decodes ``deltas`` relative to ``anchors``.
+        score_thresh, topk_candidates: see :func:`select_candidates`.
+        nms_thresh: NMS suppresses a box whose IoU with a better box of the same class
+            exceeds this.
+        max_detections_per_image: keep this many best detections after NMS.
+
+    Returns:
+        Per image, Instances with ``pred_boxes`` (Boxes[D], XYXY, not clipped),
+        ``scores`` (Tensor[D]) and ``pred_classes`` (Tensor[D] int64), best first.
+    """
+    image_idx, anchor_idx, class_idx, scores = select_candidates(
+        logits, anchors_per_level, score_thresh, topk_candidates
+    )
+    boxes = box2box_transform.apply_deltas(deltas[image_idx, anchor_idx], anchors[anchor_idx])
+    counts = torch.bincount(image_idx, minlength=len(image_sizes)).tolist()
+    results = []
+    for image_size, image_boxes, image_scores, image_classes in zip(
+        image_sizes,
+        boxes.split(counts),
+        scores.split(counts),
+        class_idx.split(counts),
+        strict=True,
+    ):
+        keep = batched_nms(image_boxes.float(), image_scores, image_classes, nms_thresh)
+        keep = keep[:max_detections_per_image]
+        results.append(
+            Instances(
+                tuple(image_size),
+                pred_boxes=Boxes(image_boxes[keep]),
+                scores=image_scores[keep],
+                pred_classes=image_classes[keep],
+            )
+        )
+    return results

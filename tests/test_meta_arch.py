@@ -1,0 +1,164 @@
+"""RetinaNetExt end to end: config keys, build from config, training and inference contracts."""
+
+from __future__ import annotations
+
+from retinanet_ext import get_retinanet_ext_cfg
+from retinanet_ext.modeling import RetinaNetExt, RetinaNetExtAnchorGenerator, RetinaNetExtHead
+from retinanet_ext.modeling.backbone import RetinaNetExtFPN
+from retinanet_ext.modeling.losses import (
+    BCELoss,
+    ForegroundCountLossNormalizer,
+    GIoUBoxLoss,
+    SigmoidFocalLoss,
+)
+
+import pytest
+import torch
+from _modeling_helpers import make_instances, random_image, retinanet_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.structures import Instances
+
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module")
+def model() -> RetinaNetExt:
+    torch.manual_seed(0)
+    return build_model(retinanet_cfg(ours=True, num_classes=NUM_CLASSES))
+
+
+def _training_inputs() -> list[dict]:
+    return [
+        {
+            "image": random_image(128, 160, seed=1),
+            "instances": make_instances((128, 160), [[10, 20, 70, 90], [60, 30, 150, 120]], [1, 4]),
+        },
+        {"image": random_image(96, 128, seed=2), "instances": make_instances((96, 128), [], [])},
+    ]
+
+
+def test_new_config_keys_and_defaults() -> None:
+    ext = get_retinanet_ext_cfg().MODEL.RETINANET_EXT
+    assert dict(ext) == {
+        "HEAD_NAME": "RetinaNetExtHead",
+        "CLS_LOSS_NAME": "SigmoidFocalLoss",
+        "GIOU_LOSS_WEIGHT": 1.0,
+        "LOSS_NORMALIZER": "EMALossNormalizer",
+        "LOSS_NORMALIZER_EMA_INIT": 100.0,
+        "LOSS_NORMALIZER_EMA_MOMENTUM": 0.9,
+        "ALLOW_LOW_QUALITY_MATCHES": True,
+        "P6_IN_FEATURE": "res5",
+        "ANCHOR_SCALES_PER_OCTAVE": 1,
+    }
+
+
+def test_builds_our_components_from_config(model: RetinaNetExt) -> None:
+    assert isinstance(model, RetinaNetExt)
+    assert isinstance(model.backbone, RetinaNetExtFPN)
+    assert isinstance(model.anchor_generator, RetinaNetExtAnchorGenerator)
+    assert isinstance(model.head, RetinaNetExtHead)
+    assert isinstance(model.head.cls_loss, SigmoidFocalLoss)
+    assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    assert model.head.cls_score.out_channels == 9 * NUM_CLASSES
+    assert model.device == torch.device("cpu")
+
+
+def test_preprocess_normalises_and_pads(model: RetinaNetExt) -> None:
+    image = random_image(50, 70, seed=3)
+    images = model.preprocess_image([{"image": image}])
+    assert images.tensor.shape == (1, 3, 64, 96)
+    assert images.image_sizes == [(50, 70)]
+    expected = (image - torch.tensor([103.53, 116.28, 123.675])[:, None, None]) / 1.0
+    torch.testing.assert_close(images.tensor[0, :, :50, :70], expected)
+    assert not images.tensor[0, :, 50:].any()
+
+
+@pytest.mark.slow
+def test_training_returns_losses_and_trains_empty_images(model: RetinaNetExt) -> None:
+    model.train()
+    losses = model(_training_inputs())
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) and v.item() > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    grad = model.head.cls_score.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    model.zero_grad()
+
+    empty_only = [_training_inputs()[1]]
+    losses = model(empty_only)
+    assert losses["loss_box_reg"].item() == 0.0 and losses["loss_cls"].item() > 0
+    sum(losses.values()).backward()
+    model.zero_grad()
+
+
+def test_training_without_instances_is_explained(model: RetinaNetExt) -> None:
+    model.train()
+    with pytest.raises(ValueError, match="needs 'instances'"):
+        model([{"image": random_image(64, 64, seed=0)}])
+
+
+def test_inference_contract_and_rescaling(model: RetinaNetExt) -> None:
+    model.eval()
+    with torch.no_grad():
+        model.head.cls_score.bias.fill_(-1.0)  # make detections plentiful
+        outputs = model(
+            [
+                {"image": random_image(128, 160, seed=4), "height": 256, "width": 320},
+                {"image": random_image(96, 128, seed=5)},
+            ]
+        )
+    assert len(outputs) == 2
+    first, second = outputs[0]["instances"], outputs[1]["instances"]
+    assert isinstance(first, Instances)
+    assert set(first.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+    assert first.image_size == (256, 320) and second.image_size == (96, 128)
+    assert 0 < len(first) <= 100
+    boxes = first.pred_boxes.tensor
+    assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 320 and boxes[:, 3].max() <= 256
+    assert (first.scores[:-1] >= first.scores[1:]).all()
+    assert first.pred_classes.max() < NUM_CLASSES and first.pred_classes.dtype == torch.int64
+    # The first image was 128 x 160, reported at 256 x 320: boxes beyond 160 px exist.
+    assert boxes[:, 2].max() > 160
+
+
+def test_components_swap_from_config() -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.MODEL.RETINANET_EXT.CLS_LOSS_NAME = "BCELoss"
+    cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "giou"
+    cfg.MODEL.RETINANET_EXT.LOSS_NORMALIZER = "ForegroundCountLossNormalizer"
+    cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"  # Detectron2's, also accepted
+    cfg.MODEL.RETINANET.NUM_CONVS = 1
+    model = build_model(cfg)
+    assert isinstance(model.head.cls_loss, BCELoss)
+    assert isinstance(model.head.box_loss, GIoUBoxLoss)
+    assert isinstance(model.head.loss_normalizer, ForegroundCountLossNormalizer)
+    assert isinstance(model.anchor_generator, DefaultAnchorGenerator)
+    model.train()
+    losses = model(_training_inputs())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_ground_truth_class_out_of_range_is_explained(model: RetinaNetExt) -> None:
+    model.train()
+    inputs = [{"image": random_image(64, 64, seed=0)}]
+    inputs[0]["instances"] = make_instances((64, 64), [[0, 0, 30, 30]], [NUM_CLASSES])
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        model(inputs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda() -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.MODEL.DEVICE = "cuda"
+    model = build_model(cfg)
+    assert model.device.type == "cuda"
+    model.train()
+    losses = model(_training_inputs())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        model.head.cls_score.bias.fill_(-1.0)
+        (output,) = model([{"image": random_image(128, 160, seed=4)}])
+    assert output["instances"].pred_boxes.tensor.device.type == "cuda"
+    assert len(output["instances"]) > 0
