@@ -6,9 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-
 from retinanet_ext.engine import (
     ConfigError,
     MissingDatasetError,
@@ -16,6 +13,9 @@ from retinanet_ext.engine import (
     load_config,
     resolve_device,
 )
+
+import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -47,7 +47,9 @@ def test_r101_recipe_is_detectron2s_3x() -> None:
 
 def test_unsafe_yaml_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "unsafe.yaml"
-    config.write_text('MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: !!python/object/apply:eval ["[[32]]"]\n')
+    config.write_text(
+        'MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: !!python/object/apply:eval ["[[32]]"]\n'
+    )
     with pytest.raises(ConfigError, match="unsafe.yaml is not valid safe YAML"):
         load_config(str(config))
 
