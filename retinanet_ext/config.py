@@ -24,6 +24,8 @@ Detectron2's ``RetinaNet``.
 
 from __future__ import annotations
 
+from retinanet_ext.data.synthetic import CLASS_FREQUENCIES
+
 from detectron2.config import CfgNode, get_cfg
 
 
@@ -65,6 +67,27 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # 1 uses SIZES as given, which is what Detectron2's Base-RetinaNet.yaml expects (it
     # lists the three scales per level itself).
     ext.ANCHOR_SCALES_PER_OCTAVE = 1
+
+    # The built-in demo (train_net.py --demo, retinanet_ext/demo.py): its synthetic
+    # data set and the drawing of predictions.
+    cfg.DEMO = CfgNode()
+    # where the data set goes; "" = <OUTPUT_DIR>/synthetic_data
+    cfg.DEMO.DATA_DIR = ""
+    cfg.DEMO.NUM_TRAIN = 800
+    cfg.DEMO.NUM_VAL = 200
+    # generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it
+    cfg.DEMO.IMAGE_SIZE = 128
+    cfg.DEMO.DATA_SEED = 0
+    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
+    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
+    cfg.DEMO.CLASS_FREQUENCIES = list(CLASS_FREQUENCIES)
+    cfg.DEMO.CLUTTER = 1.0
+    cfg.DEMO.NOISE = 8.0
+    # probability that an object has one of its class's own colours (else any colour)
+    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
+    # held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/
+    cfg.DEMO.NUM_VIS_IMAGES = 4
+    cfg.DEMO.VIS_SCORE_THRESH = 0.4
     return cfg
 
 

@@ -26,14 +26,14 @@ from typing import Any
 
 import retinanet_ext  # noqa: F401  (compatibility bridges before any detectron2 submodule)
 from retinanet_ext import compat
-from retinanet_ext.config import get_retinanet_ext_cfg
 from retinanet_ext.data import synthetic
+from retinanet_ext.engine.setup import load_config
 
 from detectron2.config import CfgNode  # noqa: I001  (after retinanet_ext on purpose)
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 
-__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "add_demo_config", "run_demo", "setup_demo_cfg"]
+__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "run_demo", "setup_demo_cfg"]
 
 logger = logging.getLogger("retinanet_ext.demo")
 
@@ -45,36 +45,11 @@ DEFAULT_CONFIG_FILE = os.path.join(
 )
 
 
-def add_demo_config(cfg: CfgNode) -> CfgNode:
-    """Add the ``DEMO.*`` keys (synthetic data set and drawing), with defaults, in place."""
-    cfg.DEMO = CfgNode()
-    # where the data set goes; "" = <OUTPUT_DIR>/synthetic_data
-    cfg.DEMO.DATA_DIR = ""
-    cfg.DEMO.NUM_TRAIN = 800
-    cfg.DEMO.NUM_VAL = 200
-    # generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it
-    cfg.DEMO.IMAGE_SIZE = 128
-    cfg.DEMO.DATA_SEED = 0
-    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
-    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
-    cfg.DEMO.CLASS_FREQUENCIES = list(synthetic.CLASS_FREQUENCIES)
-    cfg.DEMO.CLUTTER = 1.0
-    cfg.DEMO.NOISE = 8.0
-    # probability that an object has one of its class's own colours (else any colour)
-    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
-    # held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/
-    cfg.DEMO.NUM_VIS_IMAGES = 4
-    cfg.DEMO.VIS_SCORE_THRESH = 0.4
-    return cfg
-
-
 def setup_demo_cfg(
     output_dir: str, config_file: str | None = None, opts: list[str] | None = None
 ) -> CfgNode:
     """The demo's frozen config: retinanet_ext's defaults + ``DEMO.*`` + file + ``opts``."""
-    cfg = add_demo_config(get_retinanet_ext_cfg())
-    cfg.merge_from_file(config_file or DEFAULT_CONFIG_FILE)
-    cfg.merge_from_list(list(opts or []))
+    cfg = load_config(config_file or DEFAULT_CONFIG_FILE, list(opts or []))
     cfg.OUTPUT_DIR = output_dir
     if not cfg.DEMO.DATA_DIR:
         cfg.DEMO.DATA_DIR = os.path.join(output_dir, "synthetic_data")
