@@ -34,6 +34,7 @@ from retinanet_ext.engine import load_config
 
 import detectron2
 import torch
+from _machine import cpu_model, load_average  # benchmarks/ is on sys.path
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
@@ -47,16 +48,6 @@ DETECTRON2_COMPONENTS = [
     "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
     "MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator",
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train_step(model, optimizer, scheduler, batch) -> tuple[float, float]:
@@ -159,7 +150,9 @@ def main() -> None:
     }
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, "
+                   f"torch threads {torch.get_num_threads()}",
+        "load_average_end": load_average(),
         "python": platform.python_version(), "torch": torch.__version__,
         "detectron2": detectron2.__version__,
         "detectron2_C": compat.has_compiled_extension(),

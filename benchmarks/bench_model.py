@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import retinanet_ext  # noqa: E402  (compat bridges and registration first)
 
+from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -190,23 +191,6 @@ def time_alternating(
             step()
             times.append(time.perf_counter() - start)
     return ours_times, theirs_times, ours_result, theirs_result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:

@@ -25,15 +25,13 @@ from collections import OrderedDict
 from typing import Any
 
 import retinanet_ext  # noqa: F401  (compatibility bridges before any detectron2 submodule)
-from retinanet_ext import compat
 from retinanet_ext.data import synthetic
-from retinanet_ext.engine.setup import load_config
+from retinanet_ext.engine import Trainer, load_config
 
 from detectron2.config import CfgNode  # noqa: I001  (after retinanet_ext on purpose)
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import COCOEvaluator
 
-__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "run_demo", "setup_demo_cfg"]
+__all__ = ["DEFAULT_CONFIG_FILE", "run_demo", "setup_demo_cfg"]
 
 logger = logging.getLogger("retinanet_ext.demo")
 
@@ -55,20 +53,6 @@ def setup_demo_cfg(
         cfg.DEMO.DATA_DIR = os.path.join(output_dir, "synthetic_data")
     cfg.freeze()
     return cfg
-
-
-class DemoTrainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` with a COCO evaluator that works without ``_C``."""
-
-    @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            use_fast_impl=compat.has_compiled_extension(),
-        )
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -189,7 +173,7 @@ def run_demo(
     config_file: str | None = None,
     opts: list[str] | None = None,
     *,
-    trainer_cls: type[DefaultTrainer] = DemoTrainer,
+    trainer_cls: type[DefaultTrainer] = Trainer,
 ) -> dict[str, Any]:
     """Generate the synthetic data, train RetinaNet from scratch, evaluate, draw.
 

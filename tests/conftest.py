@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (registers components, applies compat bridges)
+from retinanet_ext.data import unregister_dataset
 
 import pytest
 import torch
@@ -26,3 +28,22 @@ def datasets_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared datasets not found at {root} (set RETINANET_EXT_DATASETS)")
     return root
+
+
+_dataset_counter = itertools.count()
+
+
+@pytest.fixture
+def new_name(request):
+    """Makes unique dataset names and unregisters them after the test."""
+    names = []
+
+    def make(prefix: str = "ds") -> str:
+        test = request.node.name.replace("[", "_").replace("]", "")
+        name = f"test_{prefix}_{test}_{next(_dataset_counter)}"
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        unregister_dataset(name)

@@ -7,7 +7,6 @@ the shared datasets are absent (set ``RETINANET_EXT_DATASETS``).
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from retinanet_ext.data import (
     register_coco_dataset,
     register_dataset_spec,
     register_voc_dataset,
-    unregister_dataset,
     validate_dataset,
 )
 
@@ -32,24 +30,6 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
-
-_counter = itertools.count()
-
-
-@pytest.fixture
-def new_name(request):
-    """Makes unique dataset names and unregisters them after the test."""
-    names = []
-
-    def make(prefix: str = "ds") -> str:
-        name = f"test_{prefix}_{request.node.name}_{next(_counter)}".replace("[", "_").replace(
-            "]", "")
-        names.append(name)
-        return name
-
-    yield make
-    for name in names:
-        unregister_dataset(name)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from pathlib import Path
@@ -26,23 +25,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 from PIL import Image
-
-_counter = itertools.count()
-
-
-@pytest.fixture
-def new_name(request):
-    """Makes unique dataset names and unregisters them after the test."""
-    names = []
-
-    def make(prefix: str = "ds") -> str:
-        name = f"test_{prefix}_{next(_counter)}"
-        names.append(name)
-        return name
-
-    yield make
-    for name in names:
-        unregister_dataset(name)
 
 
 def _image(path: Path, size: tuple[int, int] = (100, 80), image_format: str | None = None,
@@ -423,7 +405,7 @@ def test_make_split():
 def test_validate_a_dataset_registered_elsewhere(tmp_path):
     """validate_dataset also reports on datasets registered directly with Detectron2."""
     path = _image(tmp_path / "a.jpg")
-    name = f"test_foreign_{next(_counter)}"
+    name = "test_foreign_detectron2_registration"
     records = [{"file_name": str(path), "image_id": 0, "height": 80, "width": 100,
                 "annotations": [{"bbox": [5, 5, 1, 9], "bbox_mode": BoxMode.XYXY_ABS,
                                  "category_id": 0, "iscrowd": 0}]}]
