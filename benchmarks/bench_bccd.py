@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,10 +133,11 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = {}
+    eval_dir = Path(tempfile.mkdtemp(prefix="bench_bccd_eval_"))  # evaluator caches, not results
     for name, (model, model_cfg) in models.items():
         model.eval()
         with torch.no_grad():
-            metrics, seconds_per_image = evaluate(model_cfg, model, name, output.parent / "eval")
+            metrics, seconds_per_image = evaluate(model_cfg, model, name, eval_dir)
         warm = step_times[name][5:] or step_times[name]
         rows[name] = {
             "AP": metrics["AP"], "AP50": metrics["AP50"],
