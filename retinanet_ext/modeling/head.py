@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
 from retinanet_ext.modeling.losses import (
     BoxLoss,
     ClassificationLoss,
@@ -256,11 +256,5 @@ def build_retinanet_ext_head(
 ) -> nn.Module:
     """The head named by ``MODEL.RETINANET_EXT.HEAD_NAME``."""
     name = retinanet_ext_node(cfg).HEAD_NAME
-    try:
-        head_class = RETINANET_EXT_HEAD_REGISTRY.get(name)
-    except KeyError:
-        available = sorted(key for key, _ in RETINANET_EXT_HEAD_REGISTRY)
-        raise KeyError(
-            f"MODEL.RETINANET_EXT.HEAD_NAME = {name!r} is not registered; available: {available}."
-        ) from None
+    head_class = get_registered(RETINANET_EXT_HEAD_REGISTRY, name, "MODEL.RETINANET_EXT.HEAD_NAME")
     return head_class(cfg, input_shape, num_anchors)

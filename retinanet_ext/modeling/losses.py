@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
 
 import torch
 import torch.nn.functional as F
@@ -335,18 +335,13 @@ class ForegroundCountLossNormalizer:
         return float(max(num_foreground, 1))
 
 
-def _get(registry: Registry, name: str, key: str) -> type:
-    try:
-        return registry.get(name)
-    except KeyError:
-        available = sorted(name for name, _ in registry)
-        raise KeyError(f"{key} = {name!r} is not registered; available: {available}.") from None
-
-
 def build_classification_loss(cfg: CfgNode) -> ClassificationLoss:
     """The classification loss named by ``MODEL.RETINANET_EXT.CLS_LOSS_NAME``."""
     name = retinanet_ext_node(cfg).CLS_LOSS_NAME
-    return _get(RETINANET_EXT_CLS_LOSS_REGISTRY, name, "MODEL.RETINANET_EXT.CLS_LOSS_NAME")(cfg)
+    loss_class = get_registered(
+        RETINANET_EXT_CLS_LOSS_REGISTRY, name, "MODEL.RETINANET_EXT.CLS_LOSS_NAME"
+    )
+    return loss_class(cfg)
 
 
 def build_box_loss(cfg: CfgNode) -> BoxLoss:
@@ -354,12 +349,15 @@ def build_box_loss(cfg: CfgNode) -> BoxLoss:
     or a name in ``RETINANET_EXT_BOX_LOSS_REGISTRY``)."""
     loss_type = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE
     name = _BOX_LOSS_TYPES.get(loss_type, loss_type)
-    return _get(RETINANET_EXT_BOX_LOSS_REGISTRY, name, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")(cfg)
+    loss_class = get_registered(
+        RETINANET_EXT_BOX_LOSS_REGISTRY, name, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE"
+    )
+    return loss_class(cfg)
 
 
 def build_loss_normalizer(cfg: CfgNode) -> LossNormalizer:
     """The loss normaliser named by ``MODEL.RETINANET_EXT.LOSS_NORMALIZER``."""
     name = retinanet_ext_node(cfg).LOSS_NORMALIZER
-    return _get(
+    return get_registered(
         RETINANET_EXT_LOSS_NORMALIZER_REGISTRY, name, "MODEL.RETINANET_EXT.LOSS_NORMALIZER"
     )(cfg)
