@@ -5,13 +5,20 @@ Both models start from the same random initialisation (Detectron2's model is bui
 then loaded with ours' state dict: the keys are the same), see the same batches in
 the same order (one data loader; each batch goes to both), with the same optimiser,
 schedule and budget. Steps alternate between the two in one process, who goes first
-swapping every iteration, so machine noise hits both alike. Then each is evaluated
-with the COCO evaluator on BCCD val.
+swapping every iteration, so machine noise hits both alike. Then both are evaluated
+with the COCO evaluator on BCCD val, image by image in alternation.
 
-    .venv/bin/python benchmarks/bench_bccd.py                 # config's budget (300 iterations)
-    .venv/bin/python benchmarks/bench_bccd.py --iters 100     # shorter
+From random initialisation two such runs part ways after some tens of iterations
+however close they start (benchmarks/training_drift.py), so one pair says little about
+AP: ``--seeds`` trains one pair per seed (initialisation, data order, augmentation) and
+reports each model's AP spread and the paired difference.
 
-Writes benchmarks/results/bccd_cpu.md (and .json) with the machine and versions.
+    ./run python benchmarks/bench_bccd.py --seeds 0 1 2 3 4 5 MODEL.FPN.OUT_CHANNELS 128
+    ./run python benchmarks/bench_bccd.py --iters 100        # one shorter pair
+
+Trailing KEY VALUE pairs override the config for both models. Writes
+benchmarks/results/bccd_cpu.md (and .json; ``--output`` to change) with the machine and
+versions, rewritten after every seed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -37,17 +45,21 @@ import detectron2
 import torch
 from _machine import cpu_model, load_average  # benchmarks/ is on sys.path
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DETECTRON2_COMPONENTS = [
-    "MODEL.META_ARCHITECTURE", "RetinaNet",
-    "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
-    "MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator",
+    "MODEL.META_ARCHITECTURE",
+    "RetinaNet",
+    "MODEL.BACKBONE.NAME",
+    "build_retinanet_resnet_fpn_backbone",
+    "MODEL.ANCHOR_GENERATOR.NAME",
+    "DefaultAnchorGenerator",
 ]
 
 
@@ -63,42 +75,48 @@ def train_step(model, optimizer, scheduler, batch) -> tuple[float, float]:
     return time.perf_counter() - started, float(total)
 
 
-def evaluate(cfg, model, name: str, output_dir: Path) -> tuple[dict, float]:
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    evaluator = COCOEvaluator(cfg.DATASETS.TEST[0], output_dir=str(output_dir / name),
-                              use_fast_impl=compat.has_compiled_extension())
-    started = time.perf_counter()
-    results = inference_on_dataset(model, loader, evaluator)
-    return results["bbox"], (time.perf_counter() - started) / len(loader)
+def evaluate(models: dict, output_dir: Path) -> dict[str, tuple[dict, float]]:
+    """COCO evaluation of every model on the test set, image by image in alternation.
+
+    Returns, per model, the bbox metrics and the median seconds per image of the model
+    call alone (the loader and the evaluator are shared costs, left out).
+    """
+    any_cfg = next(iter(models.values()))[1]
+    dataset = any_cfg.DATASETS.TEST[0]
+    evaluators = {
+        name: COCOEvaluator(
+            dataset,
+            output_dir=str(output_dir / name),
+            use_fast_impl=compat.has_compiled_extension(),
+        )
+        for name in models
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
+    for evaluator in evaluators.values():
+        evaluator.reset()
+    with torch.no_grad():
+        for index, inputs in enumerate(build_detection_test_loader(any_cfg, dataset)):
+            for name in order if index % 2 == 0 else order[::-1]:
+                model, _ = models[name]
+                started = time.perf_counter()
+                outputs = model(inputs)
+                seconds[name].append(time.perf_counter() - started)
+                evaluators[name].process(inputs, outputs)
+    return {
+        name: (evaluators[name].evaluate()["bbox"], statistics.median(seconds[name]))
+        for name in models
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file",
-                        default=str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml"))
-    parser.add_argument("--iters", type=int, default=None, help="override SOLVER.MAX_ITER")
-    parser.add_argument("--datasets", default=os.environ.get(
-        "RETINANET_EXT_DATASETS", str(REPO_ROOT.parent / "shared" / "datasets")))
-    parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "bccd_cpu"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    setup_logger(name="detectron2", abbrev_name="d2")
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-    root = Path(args.datasets) / "bccd" / "BCCD"
-    register_voc_dataset("bccd_train", str(root), "train")
-    register_voc_dataset("bccd_val", str(root), "val")
-    cfg = load_config(args.config_file, ["DATALOADER.NUM_WORKERS", "0"])
-    if args.iters is not None:
-        scale = args.iters / cfg.SOLVER.MAX_ITER
-        cfg.SOLVER.MAX_ITER = args.iters
-        cfg.SOLVER.STEPS = tuple(int(s * scale) for s in cfg.SOLVER.STEPS)
-        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, args.iters // 6))
-    cfg.SEED = args.seed
+def run_pair(base_cfg, seed: int) -> dict:
+    """Train both models from one seed's initialisation on the same batches; evaluate both."""
+    cfg = copy.deepcopy(base_cfg)
+    cfg.SEED = seed
     theirs_cfg = copy.deepcopy(cfg)
     theirs_cfg.merge_from_list(DETECTRON2_COMPONENTS)
 
-    torch.manual_seed(args.seed)
+    seed_all_rng(seed)  # initialisation, data order and augmentation
     ours = build_model(cfg)
     theirs = build_model(theirs_cfg)
     incompatible = theirs.load_state_dict(ours.state_dict(), strict=True)
@@ -124,59 +142,164 @@ def main() -> None:
             step_times[name].append(seconds)
             losses[name].append(loss)
         if (iteration + 1) % 20 == 0 or iteration + 1 == cfg.SOLVER.MAX_ITER:
-            print(f"iter {iteration + 1}/{cfg.SOLVER.MAX_ITER}  "
-                  + "  ".join(f"{n}: loss {losses[n][-1]:.3f} {step_times[n][-1]:.2f}s/it"
-                              for n in models)
-                  + f"  elapsed {time.perf_counter() - started:.0f}s", flush=True)
-
+            print(
+                f"seed {seed} iter {iteration + 1}/{cfg.SOLVER.MAX_ITER}  "
+                + "  ".join(
+                    f"{n}: loss {losses[n][-1]:.3f} {step_times[n][-1]:.2f}s/it" for n in models
+                )
+                + f"  elapsed {time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
     storage.__exit__(None, None, None)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    eval_dir = Path(tempfile.mkdtemp(prefix="bench_bccd_eval_"))  # evaluator caches, not results
-    for name, (model, model_cfg) in models.items():
+
+    for model, _ in models.values():
         model.eval()
-        with torch.no_grad():
-            metrics, seconds_per_image = evaluate(model_cfg, model, name, eval_dir)
+    eval_dir = Path(tempfile.mkdtemp(prefix="bench_bccd_eval_"))  # evaluator caches, not results
+    evaluated = evaluate(models, eval_dir)
+    rows = {}
+    for name, (metrics, seconds_per_image) in evaluated.items():
         warm = step_times[name][5:] or step_times[name]
         rows[name] = {
-            "AP": metrics["AP"], "AP50": metrics["AP50"],
+            "AP": metrics["AP"],
+            "AP50": metrics["AP50"],
             "train_s_per_iter_median": statistics.median(warm),
             "train_s_per_iter_mean": statistics.fmean(warm),
             "inference_s_per_image": seconds_per_image,
             "final_loss_mean_last20": statistics.fmean(losses[name][-20:]),
         }
-    ratio = {
-        key: rows["retinanet_ext"][key] / rows["detectron2"][key]
-        for key in ("train_s_per_iter_median", "inference_s_per_image")
-    }
-    info = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, "
-                   f"torch threads {torch.get_num_threads()}",
-        "load_average_end": load_average(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "detectron2": detectron2.__version__,
-        "detectron2_C": compat.has_compiled_extension(),
-        "config": os.path.relpath(args.config_file, REPO_ROOT),
-        "iterations": cfg.SOLVER.MAX_ITER, "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
-        "command": "benchmarks/bench_bccd.py " + " ".join(sys.argv[1:]),
-    }
-    output.with_suffix(".json").write_text(json.dumps({"info": info, "results": rows,
-                                                       "ratio_ours_over_theirs": ratio}, indent=2))
+    return rows
+
+
+def _mean_sd(values: list[float], digits: int = 2) -> str:
+    if any(math.isnan(v) for v in values):  # COCO's AP is nan where a model found nothing
+        return "nan"
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def summarise(runs: dict[int, dict]) -> tuple[dict, list[str]]:
+    """Across seeds: each model's AP spread, the paired difference, the time ratios."""
+    seeds = sorted(runs)
+    summary: dict = {"seeds": seeds}
     lines = [
-        "# BCCD: retinanet_ext vs Detectron2's RetinaNet (CPU, same init, same batches)", "",
-        *(f"- {k}: {v}" for k, v in info.items()), "",
-        "| model | AP | AP50 | train s/iter (median) | inference s/image | loss (last 20) |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {n} | {r['AP']:.2f} | {r['AP50']:.2f} | {r['train_s_per_iter_median']:.3f} | "
-          f"{r['inference_s_per_image']:.3f} | {r['final_loss_mean_last20']:.3f} |"
-          for n, r in rows.items()),
-        f"| ratio ours/theirs | | | {ratio['train_s_per_iter_median']:.3f} | "
-        f"{ratio['inference_s_per_image']:.3f} | |", "",
+        "| seed | AP ours | AP Detectron2 | AP50 ours | AP50 Detectron2 | "
+        "train s/iter ours | train s/iter Detectron2 | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    output.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    for seed in seeds:
+        o, t = runs[seed]["retinanet_ext"], runs[seed]["detectron2"]
+        lines.append(
+            f"| {seed} | {o['AP']:.2f} | {t['AP']:.2f} | {o['AP50']:.2f} | {t['AP50']:.2f} | "
+            f"{o['train_s_per_iter_median']:.3f} | {t['train_s_per_iter_median']:.3f} | "
+            f"{o['train_s_per_iter_median'] / t['train_s_per_iter_median']:.3f} |"
+        )
+    lines.append("")
+    lines += [
+        "| metric | retinanet_ext | Detectron2 | ours - Detectron2 (paired) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key in ("AP", "AP50"):
+        ours = [runs[s]["retinanet_ext"][key] for s in seeds]
+        theirs = [runs[s]["detectron2"][key] for s in seeds]
+        diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
+        summary[key] = {"retinanet_ext": ours, "detectron2": theirs, "difference": diffs}
+        paired = _mean_sd(diffs)
+        if len(diffs) >= 2 and not any(math.isnan(d) for d in diffs):
+            stderr = statistics.stdev(diffs) / len(diffs) ** 0.5
+            summary[key]["difference_mean"] = statistics.fmean(diffs)
+            summary[key]["difference_stderr"] = stderr
+            paired += f" (standard error {stderr:.2f})"
+        lines.append(
+            f"| {key} (mean ± sd over {len(seeds)} seeds) | {_mean_sd(ours)} | "
+            f"{_mean_sd(theirs)} | {paired} |"
+        )
+    for key in ("train_s_per_iter_median", "inference_s_per_image"):
+        ratios = [runs[s]["retinanet_ext"][key] / runs[s]["detectron2"][key] for s in seeds]
+        summary[key + "_ratio"] = ratios
+        lines.append(f"| {key} ratio ours/Detectron2 | {_mean_sd(ratios, 3)} | | |")
+    return summary, lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config-file", default=str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml")
+    )
+    parser.add_argument("--iters", type=int, default=None, help="override SOLVER.MAX_ITER")
+    parser.add_argument(
+        "--datasets",
+        default=os.environ.get(
+            "RETINANET_EXT_DATASETS", str(REPO_ROOT.parent / "shared" / "datasets")
+        ),
+    )
+    parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "bccd_cpu"))
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one training pair per seed; several seeds measure the noise",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides, KEY VALUE pairs, applied to both models",
+    )
+    args = parser.parse_args()
+    setup_logger(name="detectron2", abbrev_name="d2")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    root = Path(args.datasets) / "bccd" / "BCCD"
+    register_voc_dataset("bccd_train", str(root), "train")
+    register_voc_dataset("bccd_val", str(root), "val")
+    cfg = load_config(args.config_file, ["DATALOADER.NUM_WORKERS", "0", *args.opts])
+    if args.iters is not None:
+        scale = args.iters / cfg.SOLVER.MAX_ITER
+        cfg.SOLVER.MAX_ITER = args.iters
+        cfg.SOLVER.STEPS = tuple(int(s * scale) for s in cfg.SOLVER.STEPS)
+        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, args.iters // 6))
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[int, dict] = {}
+    for seed in args.seeds:
+        runs[seed] = run_pair(cfg, seed)
+        # Written after every seed: an interrupted sweep keeps the pairs it finished.
+        summary, table = summarise(runs)
+        info = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores, "
+            f"torch threads {torch.get_num_threads()}",
+            "load_average_end": load_average(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "detectron2": detectron2.__version__,
+            "detectron2_C": compat.has_compiled_extension(),
+            "config": os.path.relpath(args.config_file, REPO_ROOT),
+            "overrides": " ".join(args.opts) or "none",
+            "iterations": cfg.SOLVER.MAX_ITER,
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "seeds finished": f"{len(runs)} of {len(args.seeds)}",
+            "command": "benchmarks/bench_bccd.py " + " ".join(sys.argv[1:]),
+        }
+        output.with_suffix(".json").write_text(
+            json.dumps(
+                {"info": info, "runs": {str(k): v for k, v in runs.items()}, "summary": summary},
+                indent=2,
+            )
+        )
+        lines = [
+            "# BCCD: retinanet_ext vs Detectron2's RetinaNet (CPU, same init, same batches)",
+            "",
+            *(f"- {k}: {v}" for k, v in info.items()),
+            "",
+            *table,
+            "",
+        ]
+        output.with_suffix(".md").write_text("\n".join(lines))
+        print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
