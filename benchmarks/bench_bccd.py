@@ -167,6 +167,17 @@ def run_pair(base_cfg, seed: int) -> dict:
             "inference_s_per_image": seconds_per_image,
             "final_loss_mean_last20": statistics.fmean(losses[name][-20:]),
         }
+
+    # Swap the trained weights and evaluate again: each model's code on the other's
+    # weights. Equal APs with equal weights say the difference between the two rows
+    # comes from the training trajectories, not from inference.
+    trained = {name: copy.deepcopy(model.state_dict()) for name, (model, _) in models.items()}
+    (a, (model_a, _)), (b, (model_b, _)) = models.items()
+    model_a.load_state_dict(trained[b], strict=True)
+    model_b.load_state_dict(trained[a], strict=True)
+    swapped = evaluate(models, eval_dir / "swapped")
+    rows[a]["AP_code_on_other_weights"] = swapped[a][0]["AP"]
+    rows[b]["AP_code_on_other_weights"] = swapped[b][0]["AP"]
     return rows
 
 
@@ -214,6 +225,13 @@ def summarise(runs: dict[int, dict]) -> tuple[dict, list[str]]:
             f"| {key} (mean ± sd over {len(seeds)} seeds) | {_mean_sd(ours)} | "
             f"{_mean_sd(theirs)} | {paired} |"
         )
+    gaps = [
+        abs(runs[s][code]["AP_code_on_other_weights"] - runs[s][other]["AP"])
+        for s in seeds
+        for code, other in (("retinanet_ext", "detectron2"), ("detectron2", "retinanet_ext"))
+    ]
+    summary["same_weights_AP_gap_max"] = max(gaps)
+    lines.append(f"| same weights, the other model's code: largest AP gap | {max(gaps):.3f} | | |")
     for key in ("train_s_per_iter_median", "inference_s_per_image"):
         ratios = [runs[s]["retinanet_ext"][key] / runs[s]["detectron2"][key] for s in seeds]
         summary[key + "_ratio"] = ratios

@@ -16,8 +16,8 @@ around ``--cls-bias`` (default -3.0, sigmoid 0.047; the prior init is -4.6) and 
 with 0.1 (see :func:`calibrate_head`): as with a trained model, thousands of candidates
 reach top-k and NMS, and scores are not saturated (no ties).
 
-    .venv/bin/python benchmarks/bench_model.py                      # defaults
-    .venv/bin/python benchmarks/bench_model.py --sizes 512x768 --infer-repeats 9
+    ./run python benchmarks/bench_model.py                      # defaults
+    ./run python benchmarks/bench_model.py --sizes 512x768 --infer-repeats 9
 """
 
 from __future__ import annotations

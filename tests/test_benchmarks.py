@@ -1,0 +1,70 @@
+"""README's benchmark commands run, on tiny budgets: they check the plumbing, not speed.
+
+Speed and accuracy figures come from the full runs written to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(script: str, *args: str, env: dict | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_model_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "model.md"
+    run_benchmark("bench_model.py", "--sizes", "128x160", "--infer-repeats", "1",
+                  "--train-repeats", "1", "--out", str(out))
+    table = out.read_text()
+    assert "128x160" in table
+    assert "torch" in table and "detectron2" in table.lower()
+
+
+def test_bench_bccd_two_seeds_summary(tmp_path: Path, datasets_root: Path) -> None:
+    output = tmp_path / "bccd"
+    run_benchmark(
+        "bench_bccd.py", "--iters", "6", "--seeds", "0", "1", "--output", str(output),
+        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+        "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.IMS_PER_BATCH", "2",
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",  # a 6-step model scores near the prior
+        env={"RETINANET_EXT_DATASETS": str(datasets_root)},
+    )
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert set(report["runs"]) == {"0", "1"}
+    for run in report["runs"].values():
+        assert set(run) == {"retinanet_ext", "detectron2"}
+        for row in run.values():
+            assert 0.0 <= row["AP50"] <= 100.0  # a number: both models detected something
+            assert row["train_s_per_iter_median"] > 0 and row["inference_s_per_image"] > 0
+            assert 0.0 <= row["AP_code_on_other_weights"] <= 100.0  # the swapped evaluation
+    assert len(report["summary"]["AP"]["difference"]) == 2
+    assert report["info"]["overrides"].startswith("INPUT.MIN_SIZE_TRAIN")
+    table = output.with_suffix(".md").read_text()
+    assert "| AP (mean ± sd over 2 seeds) |" in table
+    assert "seeds finished: 2 of 2" in table
+    assert "same weights, the other model's code" in table
+
+
+def test_training_drift_prints_the_gap() -> None:
+    stdout = run_benchmark("training_drift.py", "--steps", "2")
+    lines = [line for line in stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert len(lines) == 2, stdout
