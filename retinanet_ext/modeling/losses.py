@@ -81,6 +81,19 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}.")
 
 
+class _ReadsNoConfig:
+    """Base of registered components with no settings: built as ``obj(cfg)`` (or ``obj()``)
+    like every registered component, reading nothing from ``cfg``."""
+
+    @configurable
+    def __init__(self) -> None:
+        pass
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return {}
+
+
 # ----------------------------------------------------------------------------- functions
 def sigmoid_focal_loss(
     logits: Tensor,
@@ -234,16 +247,8 @@ class AlphaBalancedBCELoss:
 
 
 @RETINANET_EXT_CLS_LOSS_REGISTRY.register()
-class BCELoss:
+class BCELoss(_ReadsNoConfig):
     """Summed plain binary cross-entropy (no balancing; needs the prior initialisation)."""
-
-    @configurable
-    def __init__(self) -> None:
-        pass
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode) -> dict:
-        return {}
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         return binary_cross_entropy_loss(logits, targets, alpha=None, reduction="sum")
@@ -320,16 +325,8 @@ class EMALossNormalizer:
 
 
 @RETINANET_EXT_LOSS_NORMALIZER_REGISTRY.register()
-class ForegroundCountLossNormalizer:
+class ForegroundCountLossNormalizer(_ReadsNoConfig):
     """This batch's number of foreground anchors, at least 1 (paper, Sec. 4.1)."""
-
-    @configurable
-    def __init__(self) -> None:
-        pass
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode) -> dict:
-        return {}
 
     def __call__(self, num_foreground: int) -> float:
         return float(max(num_foreground, 1))
