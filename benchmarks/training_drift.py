@@ -21,17 +21,13 @@ import retinanet_ext  # noqa: F401  (bridges, registrations)
 from retinanet_ext.engine import load_config
 
 import torch
+from bench_bccd import DETECTRON2_COMPONENTS  # benchmarks/ is on sys.path
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DETECTRON2_COMPONENTS = [
-    "MODEL.META_ARCHITECTURE", "RetinaNet",
-    "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
-    "MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator",
-]
 
 
 def fixed_batches(count: int, generator: torch.Generator) -> list[list[dict]]:
