@@ -29,4 +29,5 @@ setup(
         "tqdm>4.29.0",
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    entry_points={"console_scripts": ["retinanet-ext=retinanet_ext.cli:main"]},
 )
