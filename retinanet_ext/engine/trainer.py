@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Any
 
 from retinanet_ext import compat
+from retinanet_ext.engine.metadata import attach_metadata
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -58,6 +59,11 @@ class Trainer(DefaultTrainer):
     Uses Detectron2's fast evaluator where its compiled extension is installed and
     the official pycocotools one otherwise (same numbers, slower).
     """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__(cfg)
+        # Class names and input format travel in every checkpoint (engine/metadata.py).
+        attach_metadata(self.checkpointer, cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> ProgressLoader:
