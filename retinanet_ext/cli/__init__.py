@@ -21,7 +21,11 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "CommandError", "add_config_arguments", "build_parser", "main"]
 
 #: command name -> module under retinanet_ext.cli (imported only when the command runs).
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "predict": "predict",
+    "export": "export",
+    "plot": "plot",
+}
 
 
 class CommandError(Exception):

@@ -1,0 +1,216 @@
+"""``retinanet-ext predict``: detect objects in images and write JSON, drawings and CSV.
+
+    retinanet-ext predict --config-file C MODEL.WEIGHTS W --input IMG|DIR|GLOB... --output DIR
+    retinanet-ext predict --model model.onnx --input DIR --output DIR   # an exported model
+
+Writes, under ``--output``: ``predictions.json`` (COCO results format, one entry per
+detection, plus ``file_name`` and ``category_name``; ``category_id`` is the model's
+0-based class index), ``<image>.png`` per input with the boxes drawn,
+``predictions.csv`` with ``--csv``, and ``summary.json`` (images, detection counts,
+skipped files). Images that cannot be read are named on stderr and skipped; the rest are
+processed. Exit status: 0 when every input was processed, 1 when some were skipped (the
+outputs for the others are written: a script sees the partial failure without parsing
+the output), 2 for usage errors (bad config, checkpoint or model, no input image at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from retinanet_ext.cli import CommandError, add_config_arguments
+
+HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_flags(parser)
+    add_config_arguments(parser, required=False)
+
+
+def reparse_trailing_flags(args: argparse.Namespace,
+                           add_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Take a command's own flags out of the trailing ``KEY VALUE`` overrides.
+
+    The overrides are an ``argparse.REMAINDER``, which swallows every later token, so in
+    ``--config-file C MODEL.WEIGHTS W --input X`` argparse leaves ``--input X`` in
+    ``args.opts``; this parses them out (flags given there win) and leaves the pairs.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flags(parser)
+    try:
+        flags, rest = parser.parse_known_args(list(args.opts or []))
+    except SystemExit as error:  # argparse exits on a malformed flag
+        raise CommandError(f"cannot parse {' '.join(args.opts)}") from error
+    defaults = vars(parser.parse_known_args([])[0])
+    for key, value in vars(flags).items():
+        if value != defaults[key]:
+            setattr(args, key, value)
+    args.opts = rest
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", metavar="IMG|DIR|GLOB",
+                        help="required: image files, folders (their images, not recursive) "
+                             "or glob patterns (quote them)")
+    parser.add_argument("--output", metavar="DIR", help="required: the output folder")
+    parser.add_argument("--model", metavar="FILE",
+                        help="an exported model (.onnx: onnxruntime, .xml: OpenVINO, .ts: "
+                             "TorchScript) instead of --config-file and MODEL.WEIGHTS")
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino", "torchscript"),
+                        help="runtime for --model (default: from its suffix)")
+    parser.add_argument("--score-thresh", type=float, metavar="T",
+                        help="keep detections scoring above T (default: the model's "
+                             "MODEL.RETINANET.SCORE_THRESH_TEST)")
+    parser.add_argument("--csv", action="store_true",
+                        help="also write predictions.csv (file_name,x1,y1,x2,y2,class_name,"
+                             "score)")
+    parser.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+
+
+def expand_inputs(patterns: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image paths from files, folders and globs (in order, duplicates dropped), and the
+    (pattern, reason) of each input that names nothing."""
+    paths: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
+                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                missing.append((pattern, f"no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        elif glob.has_magic(pattern):
+            found = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+            if not found:
+                missing.append((pattern, "the pattern matches no file"))
+        else:
+            found = []
+            missing.append((pattern, "no such file or folder"))
+        paths.extend(path for path in found if path not in paths)
+    return paths, missing
+
+
+def _build_model(args: argparse.Namespace) -> Any:
+    if args.model:
+        if args.config_file or args.opts:
+            raise CommandError("give either --model (an exported file) or --config-file with "
+                               "MODEL.WEIGHTS, not both")
+        from retinanet_ext.export import ExportedModel
+
+        try:
+            return ExportedModel(args.model, args.backend, score_thresh=args.score_thresh)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"model {args.model}: {error}") from error
+        except ImportError as error:
+            raise CommandError(f"model {args.model}: the runtime is not installed ({error}); "
+                               "pip install onnxruntime (or openvino)") from error
+    if not args.config_file:
+        raise CommandError("give --config-file C MODEL.WEIGHTS W, or --model FILE")
+    from retinanet_ext.predictor import Predictor
+
+    return Predictor(args.config_file, opts=args.opts, score_thresh=args.score_thresh,
+                     batch_size=1)
+
+
+def _drawn_name(path: str, used: set[str]) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, suffix = f"{stem}.png", 1
+    while name in used:
+        name, suffix = f"{stem}_{suffix}.png", suffix + 1
+    used.add(name)
+    return name
+
+
+def _write_json(path: str, data: Any) -> None:
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(partial, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from retinanet_ext.export import ImageReadError
+
+    from tqdm import tqdm
+
+    reparse_trailing_flags(args, _add_flags)
+    if not args.input or not args.output:
+        raise CommandError("--input and --output are required")
+    paths, missing = expand_inputs(args.input)
+    for pattern, reason in missing:
+        print(f"warning: input {pattern}: {reason}", file=sys.stderr)
+    if not paths:
+        raise CommandError(f"no image to process in --input {' '.join(args.input)}")
+    model = _build_model(args)
+    os.makedirs(args.output, exist_ok=True)
+    detections_json: list[dict] = []
+    images: list[dict] = []
+    skipped: list[dict] = [{"file_name": p, "error": r} for p, r in missing]
+    csv_rows: list[list] = []
+    used_names: set[str] = set()
+    for path in tqdm(paths, desc="predict", unit="image", file=sys.stderr,
+                     disable=None if len(paths) > 1 else True):
+        try:
+            image_rgb, _ = model.load(path)
+        except ImageReadError as error:
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
+            skipped.append({"file_name": path, "error": str(error)})
+            continue
+        detections = model(image_rgb, rgb=True)
+        detections.file_name = path
+        image_id = len(images) + 1
+        detections_json.extend(detections.to_coco(image_id))
+        entry = {"id": image_id, "file_name": path, "height": detections.image_size[0],
+                 "width": detections.image_size[1], "num_detections": len(detections)}
+        if not args.no_draw:
+            entry["drawn"] = _draw(model, image_rgb, detections, args.output, used_names)
+        images.append(entry)
+        csv_rows.extend([path, *(round(v, 2) for v in box), name, round(score, 4)]
+                        for box, name, score in zip(detections.boxes.tolist(),
+                                                    detections.class_names,
+                                                    detections.scores.tolist(), strict=True))
+    _write_outputs(args, model, detections_json, images, skipped, csv_rows)
+    print(f"{len(images)} images, {len(detections_json)} detections -> "
+          f"{os.path.join(args.output, 'predictions.json')}"
+          + (f"; {len(skipped)} skipped: {', '.join(s['file_name'] for s in skipped)}"
+             if skipped else ""))
+    return 1 if skipped else 0
+
+
+def _draw(model: Any, image_rgb: Any, detections: Any, output: str, used: set[str]) -> str:
+    from retinanet_ext.visualization import draw_boxes
+
+    from PIL import Image
+
+    drawn = draw_boxes(image_rgb, detections.boxes, detections.class_ids, model.class_names,
+                       detections.scores)
+    name = _drawn_name(detections.file_name, used)
+    Image.fromarray(drawn).save(os.path.join(output, name))
+    return name
+
+
+def _write_outputs(args: argparse.Namespace, model: Any, detections: list[dict],
+                   images: list[dict], skipped: list[dict], csv_rows: list[list]) -> None:
+    _write_json(os.path.join(args.output, "predictions.json"), detections)
+    _write_json(os.path.join(args.output, "summary.json"), {
+        "model": args.model or model.cfg.MODEL.WEIGHTS,
+        "class_names": list(model.class_names),
+        "score_thresh": model.score_thresh,
+        "images": images,
+        "skipped": skipped,
+    })
+    if args.csv:
+        with open(os.path.join(args.output, "predictions.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file_name", "x1", "y1", "x2", "y2", "class_name", "score"])
+            writer.writerows(csv_rows)

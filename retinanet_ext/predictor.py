@@ -1,0 +1,184 @@
+"""``retinanet_ext.Predictor``: a trained model from a config and a checkpoint, one call
+from images to boxes, scores and class names::
+
+    from retinanet_ext import Predictor
+    predictor = Predictor("configs/retinanet_R18_FPN_quick.yaml", "output/model_final.pth")
+    dets = predictor("cells.jpg")                  # or a BGR array, a PIL image, a list
+    for box, name, score in zip(dets.boxes, dets.class_names, dets.scores):
+        print(name, f"{score:.2f}", box)           # XYXY in the input image's pixels
+
+Pre-processing is Detectron2's ``DefaultPredictor``'s: the image in ``INPUT.FORMAT``
+channel order, its shortest edge resized to ``INPUT.MIN_SIZE_TEST`` (the longest at most
+``INPUT.MAX_SIZE_TEST``); boxes come back in the input image's pixels. Class names come
+from the metadata saved in the checkpoint (:mod:`retinanet_ext.engine.metadata`), so a
+model trained on a custom dataset names its classes in a process where that dataset is
+not registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from retinanet_ext.engine import load_config, load_weights, resolve_device
+from retinanet_ext.engine.metadata import ModelMetadata, resolve_metadata
+from retinanet_ext.export.runtime import Detections, ImageReadError, load_image_rgb
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+
+__all__ = ["Detections", "ImageReadError", "Predictor"]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike | np.ndarray | Any  # Any: a PIL image
+
+
+class Predictor:
+    """A RetinaNet model ready for inference on CPU or CUDA.
+
+    Args:
+        config: a config file path or a CfgNode (retinanet_ext's keys included, e.g. from
+            :func:`retinanet_ext.engine.load_config`).
+        weights: the checkpoint; by default the config's ``MODEL.WEIGHTS``.
+        opts: config overrides, ``["KEY", "VALUE", ...]`` (with a config file).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; by default ``MODEL.DEVICE`` (CPU with a
+            warning where CUDA is asked for but absent).
+        score_thresh: keep detections scoring above this; by default
+            ``MODEL.RETINANET.SCORE_THRESH_TEST``.
+        batch_size: images per forward pass when a list is given.
+
+    Raises:
+        retinanet_ext.engine.ConfigError / CheckpointError: bad config or checkpoint.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike | CfgNode,
+        weights: str | None = None,
+        *,
+        opts: Sequence[str] | None = None,
+        device: str | None = None,
+        score_thresh: float | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        from detectron2.data import transforms as T
+        from detectron2.modeling import build_model
+
+        if isinstance(config, CfgNode):
+            cfg = config.clone()
+            if opts:
+                cfg.merge_from_list(list(opts))
+        else:
+            cfg = load_config(os.fspath(config), list(opts or []))
+        cfg.defrost()
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = os.fspath(weights)
+        if device is not None:
+            cfg.MODEL.DEVICE = device
+        resolve_device(cfg)
+        cfg.freeze()
+        self.cfg = cfg
+        self.model = build_model(cfg).eval()
+        entries = load_weights(self.model, cfg.MODEL.WEIGHTS)
+        self.metadata: ModelMetadata = resolve_metadata(
+            cfg, entries if isinstance(entries, dict) else None, cfg.MODEL.WEIGHTS)
+        if self.metadata.input_format != cfg.INPUT.FORMAT and self.metadata.thing_classes:
+            logger.warning("%s was trained on %s images but INPUT.FORMAT is %s: using %s",
+                           cfg.MODEL.WEIGHTS, self.metadata.input_format, cfg.INPUT.FORMAT,
+                           cfg.INPUT.FORMAT)
+        self.class_names = self.metadata.class_names(cfg.MODEL.RETINANET.NUM_CLASSES)
+        self.input_format = cfg.INPUT.FORMAT
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.score_thresh = (cfg.MODEL.RETINANET.SCORE_THRESH_TEST if score_thresh is None
+                             else float(score_thresh))
+        self.batch_size = max(1, int(batch_size))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        score_thresh: float | None = None,
+        rgb: bool = False,
+    ) -> Detections | list[Detections]:
+        """Detect objects in one image or a list of images.
+
+        Args:
+            images: a path, a numpy HxWx3 uint8 array (BGR, as ``cv2.imread`` gives, or RGB
+                with ``rgb=True``), a PIL image, or a list of these (run in batches of
+                ``batch_size``).
+            score_thresh: overrides the predictor's threshold for this call.
+            rgb: numpy arrays are in RGB order.
+
+        Returns:
+            One :class:`Detections` (boxes XYXY in input pixels, scores, class ids, class
+            names), or a list of them for a list input.
+
+        Raises:
+            ImageReadError: an input cannot be read (names the file).
+        """
+        single = not isinstance(images, list | tuple)
+        items = [images] if single else list(images)
+        thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        results: list[Detections] = []
+        for start in range(0, len(items), self.batch_size):
+            loaded = [self.load(item, rgb) for item in items[start:start + self.batch_size]]
+            results.extend(self._predict_batch(loaded, thresh))
+        return results[0] if single else results
+
+    @staticmethod
+    def load(image: ImageInput, rgb: bool = False) -> tuple[np.ndarray, str | None]:
+        """An input as np.ndarray[H, W, 3] uint8 RGB and its path (None if not a path).
+
+        Files are read by Detectron2's ``read_image`` (EXIF orientation applied).
+        """
+        from detectron2.data.detection_utils import read_image
+
+        if isinstance(image, str | os.PathLike):
+            path = os.fspath(image)
+            try:
+                return np.ascontiguousarray(read_image(path, format="RGB")), path
+            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for bad files
+                raise ImageReadError(f"{path}: cannot read image ({error})") from error
+        return load_image_rgb(image, rgb)
+
+    def preprocess(self, image_rgb: np.ndarray) -> dict[str, Any]:
+        """The model's input dict for one RGB uint8 image (``DefaultPredictor``'s steps)."""
+        image = image_rgb[:, :, ::-1] if self.input_format == "BGR" else image_rgb
+        image = np.ascontiguousarray(image)
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        return {"image": tensor, "height": height, "width": width}
+
+    def _predict_batch(self, loaded: list[tuple[np.ndarray, str | None]],
+                       score_thresh: float) -> list[Detections]:
+        inputs = [self.preprocess(image) for image, _ in loaded]
+        saved_thresh = self.model.test_score_thresh
+        self.model.test_score_thresh = score_thresh
+        try:
+            with torch.no_grad():
+                outputs = self.model(inputs)
+        finally:
+            self.model.test_score_thresh = saved_thresh
+        results = []
+        for (image, file_name), output in zip(loaded, outputs, strict=True):
+            instances = output["instances"].to("cpu")
+            class_ids = instances.pred_classes.numpy().astype(np.int64)
+            results.append(Detections(
+                boxes=instances.pred_boxes.tensor.float().numpy(),
+                scores=instances.scores.float().numpy(),
+                class_ids=class_ids,
+                class_names=[self.class_names[c] for c in class_ids.tolist()],
+                image_size=tuple(image.shape[:2]),
+                file_name=file_name,
+            ))
+        return results
