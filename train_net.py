@@ -113,8 +113,7 @@ def run_demo(args) -> None:
     opts = list(args.opts)
     if "OUTPUT_DIR" in opts[::2]:
         output_dir = opts[opts[::2].index("OUTPUT_DIR") * 2 + 1]
-    demo(output_dir=output_dir, config_file=args.config_file or None, opts=opts,
-         trainer_cls=Trainer)
+    demo(output_dir=output_dir, config_file=args.config_file or None, opts=opts)
 
 
 def cli(argv: list[str] | None = None) -> int:

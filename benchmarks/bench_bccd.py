@@ -38,6 +38,7 @@ from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (bridges, registrations)
 from retinanet_ext import compat
+from retinanet_ext.config import use_detectron2_retinanet
 from retinanet_ext.data import register_voc_dataset
 from retinanet_ext.engine import load_config
 
@@ -53,14 +54,6 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DETECTRON2_COMPONENTS = [
-    "MODEL.META_ARCHITECTURE",
-    "RetinaNet",
-    "MODEL.BACKBONE.NAME",
-    "build_retinanet_resnet_fpn_backbone",
-    "MODEL.ANCHOR_GENERATOR.NAME",
-    "DefaultAnchorGenerator",
-]
 
 
 def train_step(model, optimizer, scheduler, batch) -> tuple[float, float]:
@@ -113,8 +106,7 @@ def run_pair(base_cfg, seed: int) -> dict:
     """Train both models from one seed's initialisation on the same batches; evaluate both."""
     cfg = copy.deepcopy(base_cfg)
     cfg.SEED = seed
-    theirs_cfg = copy.deepcopy(cfg)
-    theirs_cfg.merge_from_list(DETECTRON2_COMPONENTS)
+    theirs_cfg = use_detectron2_retinanet(copy.deepcopy(cfg))
 
     seed_all_rng(seed)  # initialisation, data order and augmentation
     ours = build_model(cfg)

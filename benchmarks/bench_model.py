@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import retinanet_ext  # noqa: E402  (compat bridges and registration first)
+from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
 
 from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2 import model_zoo  # noqa: E402
@@ -61,11 +62,7 @@ def build_models(depth: int, cls_bias: float) -> tuple[torch.nn.Module, torch.nn
         cfg.MODEL.RESNETS.DEPTH = depth
         if depth in (18, 34):
             cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-        if ours:
-            cfg.MODEL.META_ARCHITECTURE = "RetinaNetExt"
-            cfg.MODEL.BACKBONE.NAME = "build_retinanet_ext_resnet_fpn_backbone"
-            cfg.MODEL.ANCHOR_GENERATOR.NAME = "RetinaNetExtAnchorGenerator"
-        return cfg
+        return use_retinanet_ext_components(cfg) if ours else cfg
 
     torch.manual_seed(0)
     theirs = build_model(cfg_for(False)).eval()
@@ -142,7 +139,7 @@ def post_head_steps(
     """The stage after the head only (anchors, targets and losses with their backward, or
     decoding, top-k and NMS), on the same precomputed features and head outputs.
 
-    Detectron2's side calls its ``forward_training`` / ``forward_inference``.
+    Both are ``DenseDetector``s: each side's ``forward_training`` / ``forward_inference``.
     """
     with torch.no_grad():
         images = theirs.preprocess_image(inputs)
@@ -154,27 +151,22 @@ def post_head_steps(
     def fresh_predictions() -> list[list[torch.Tensor]]:
         return [[x.detach().clone().requires_grad_(training) for x in p] for p in predictions]
 
-    def ours_step() -> object:
-        if training:
-            losses = ours.losses(features, fresh_predictions(), gt_instances)
-            total = sum(losses.values())
-            total.backward()
-            return round(float(total), 4)
-        with torch.no_grad():
-            return len(ours.detect(features, predictions, images.image_sizes)[0])
+    def step(model: torch.nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            if training:
+                with EventStorage():
+                    losses = model.forward_training(
+                        images, features, fresh_predictions(), gt_instances
+                    )
+                total = sum(losses.values())
+                total.backward()
+                return round(float(total), 4)
+            with torch.no_grad():  # Detectron2 applies sigmoid_ in place: give it a copy
+                return len(model.forward_inference(images, features, fresh_predictions())[0])
 
-    def theirs_step() -> object:
-        if training:
-            with EventStorage():
-                losses = theirs.forward_training(
-                    images, features, fresh_predictions(), gt_instances
-                )
-            total = sum(losses.values())
-            total.backward()
-            return round(float(total), 4)
-        with torch.no_grad():  # Detectron2 applies sigmoid_ in place: give it a copy
-            return len(theirs.forward_inference(images, features, fresh_predictions())[0])
+        return run
 
+    ours_step, theirs_step = step(ours), step(theirs)
     return ours_step, theirs_step
 
 

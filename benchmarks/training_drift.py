@@ -18,10 +18,10 @@ import argparse
 from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (bridges, registrations)
+from retinanet_ext.config import use_detectron2_retinanet
 from retinanet_ext.engine import load_config
 
 import torch
-from bench_bccd import DETECTRON2_COMPONENTS  # benchmarks/ is on sys.path
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
@@ -58,7 +58,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # fixed reduction order: the same run twice prints the same
 
-    theirs_cfg = load_config(args.config_file, DETECTRON2_COMPONENTS)
+    theirs_cfg = use_detectron2_retinanet(load_config(args.config_file))
     first_cfg = (load_config(args.config_file) if args.pair == "ours-vs-detectron2"
                  else theirs_cfg)
     first = build_model(first_cfg)

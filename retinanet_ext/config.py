@@ -2,6 +2,8 @@
 
 Detectron2's existing ``MODEL.RETINANET.*`` and ``MODEL.ANCHOR_GENERATOR.*`` keys are
 reused wherever they mean the same thing; only what they cannot express is added here.
+Their defaults are the one source of the project's defaults: the components take every
+setting as an argument and keep no default of their own.
 
 Reused as they are (see ``detectron2/config/defaults.py``):
 
@@ -9,24 +11,44 @@ Reused as they are (see ``detectron2/config/defaults.py``):
 * ``MODEL.RETINANET.{IOU_THRESHOLDS, IOU_LABELS, BBOX_REG_WEIGHTS}``: anchor matching and
   box coding.
 * ``MODEL.RETINANET.{FOCAL_LOSS_ALPHA, FOCAL_LOSS_GAMMA}``: alpha also balances the
-  "alpha_balanced_bce" loss; ``SMOOTH_L1_LOSS_BETA``: the smooth L1 box loss.
-* ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE``: the box loss, "smooth_l1" or "giou" (as in
-  Detectron2) or any name in ``RETINANET_EXT_BOX_LOSS_REGISTRY``.
+  "AlphaBalancedBCELoss"; ``SMOOTH_L1_LOSS_BETA``: the smooth L1 box loss.
+* ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE``: the box loss, "smooth_l1", "giou", "diou" or "ciou"
+  (as in Detectron2) or any name in ``RETINANET_EXT_BOX_LOSS_REGISTRY``.
 * ``MODEL.RETINANET.{SCORE_THRESH_TEST, TOPK_CANDIDATES_TEST, NMS_THRESH_TEST}`` and
   ``TEST.DETECTIONS_PER_IMAGE``: post-processing.
 * ``MODEL.ANCHOR_GENERATOR.{SIZES, ASPECT_RATIOS, OFFSET}``, ``MODEL.FPN.*``,
-  ``MODEL.RESNETS.*``, ``MODEL.PIXEL_MEAN/STD``.
+  ``MODEL.RESNETS.*``, ``MODEL.PIXEL_MEAN/STD``, ``VIS_PERIOD``, ``INPUT.FORMAT``.
 
 The defaults below make a config that only switches ``META_ARCHITECTURE``,
-``BACKBONE.NAME`` and ``ANCHOR_GENERATOR.NAME`` to ours behave exactly like
-Detectron2's ``RetinaNet``.
+``BACKBONE.NAME`` and ``ANCHOR_GENERATOR.NAME`` to ours (:func:`use_retinanet_ext_components`)
+behave exactly like Detectron2's ``RetinaNet``.
 """
 
 from __future__ import annotations
 
-from retinanet_ext.data.synthetic import CLASS_FREQUENCIES
-
 from detectron2.config import CfgNode, get_cfg
+
+__all__ = [
+    "DETECTRON2_RETINANET_COMPONENTS",
+    "RETINANET_EXT_COMPONENTS",
+    "add_retinanet_ext_config",
+    "get_retinanet_ext_cfg",
+    "use_detectron2_retinanet",
+    "use_retinanet_ext_components",
+]
+
+#: The config values that select retinanet_ext's components instead of Detectron2's.
+RETINANET_EXT_COMPONENTS = {
+    "MODEL.META_ARCHITECTURE": "RetinaNetExt",
+    "MODEL.BACKBONE.NAME": "build_retinanet_ext_resnet_fpn_backbone",
+    "MODEL.ANCHOR_GENERATOR.NAME": "RetinaNetExtAnchorGenerator",
+}
+#: The same keys' values for Detectron2's own RetinaNet (for side-by-side comparisons).
+DETECTRON2_RETINANET_COMPONENTS = {
+    "MODEL.META_ARCHITECTURE": "RetinaNet",
+    "MODEL.BACKBONE.NAME": "build_retinanet_resnet_fpn_backbone",
+    "MODEL.ANCHOR_GENERATOR.NAME": "DefaultAnchorGenerator",
+}
 
 
 def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
@@ -37,13 +59,26 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # Name of the head in RETINANET_EXT_HEAD_REGISTRY (retinanet_ext.modeling.head).
     ext.HEAD_NAME = "RetinaNetExtHead"
 
+    # Anchor assignment, a name in RETINANET_EXT_ASSIGNER_REGISTRY (modeling/matching.py):
+    # "IoUAssigner" (paper, Sec. 4: MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS) or
+    # "ATSSAssigner" (Zhang et al., CVPR 2020: adaptive IoU threshold per object).
+    ext.ASSIGNER = "IoUAssigner"
+    # ATSS: candidate anchors per pyramid level, closest to each object's centre (paper: 9).
+    ext.ATSS_TOPK = 9
+
     # Name of the classification loss in RETINANET_EXT_CLS_LOSS_REGISTRY (losses.py):
     # "SigmoidFocalLoss" (paper, Sec. 3.2), "AlphaBalancedBCELoss" (Sec. 3.1; alpha from
-    # MODEL.RETINANET.FOCAL_LOSS_ALPHA) or "BCELoss" (plain binary cross-entropy).
+    # MODEL.RETINANET.FOCAL_LOSS_ALPHA), "BCELoss" (plain binary cross-entropy), or the
+    # IoU-aware "QualityFocalLoss" (Li et al. 2020) and "VarifocalLoss" (Zhang et al. 2021).
     ext.CLS_LOSS_NAME = "SigmoidFocalLoss"
+    # Focusing parameter beta of the quality focal loss (its paper's best: 2).
+    ext.QFL_BETA = 2.0
+    # Weight and focusing parameter of the varifocal loss's negatives (its paper: 0.75, 2).
+    ext.VFL_ALPHA = 0.75
+    ext.VFL_GAMMA = 2.0
 
-    # Weight of the GIoU box loss (used when MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "giou").
-    # 1.0 is Detectron2's (unweighted) GIoU loss.
+    # Weight of the IoU-based box losses (MODEL.RETINANET.BBOX_REG_LOSS_TYPE "giou", "diou",
+    # "ciou"). 1.0 is Detectron2's (unweighted) loss.
     ext.GIOU_LOSS_WEIGHT = 1.0
 
     # What the summed losses are divided by, a name in RETINANET_EXT_LOSS_NORMALIZER_REGISTRY:
@@ -67,30 +102,31 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # 1 uses SIZES as given, which is what Detectron2's Base-RetinaNet.yaml expects (it
     # lists the three scales per level itself).
     ext.ANCHOR_SCALES_PER_OCTAVE = 1
-
-    # The built-in demo (train_net.py --demo, retinanet_ext/demo.py): its synthetic
-    # data set and the drawing of predictions.
-    cfg.DEMO = CfgNode()
-    # where the data set goes; "" = <OUTPUT_DIR>/synthetic_data
-    cfg.DEMO.DATA_DIR = ""
-    cfg.DEMO.NUM_TRAIN = 800
-    cfg.DEMO.NUM_VAL = 200
-    # generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it
-    cfg.DEMO.IMAGE_SIZE = 128
-    cfg.DEMO.DATA_SEED = 0
-    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
-    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
-    cfg.DEMO.CLASS_FREQUENCIES = list(CLASS_FREQUENCIES)
-    cfg.DEMO.CLUTTER = 1.0
-    cfg.DEMO.NOISE = 8.0
-    # probability that an object has one of its class's own colours (else any colour)
-    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
-    # held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/
-    cfg.DEMO.NUM_VIS_IMAGES = 4
-    cfg.DEMO.VIS_SCORE_THRESH = 0.4
     return cfg
 
 
 def get_retinanet_ext_cfg() -> CfgNode:
     """Detectron2's default config plus retinanet_ext's keys."""
     return add_retinanet_ext_config(get_cfg())
+
+
+def use_retinanet_ext_components(cfg: CfgNode) -> CfgNode:
+    """Select retinanet_ext's meta-architecture, backbone and anchor generator in ``cfg``
+    (in place; everything else unchanged); returns it."""
+    return _set(cfg, RETINANET_EXT_COMPONENTS)
+
+
+def use_detectron2_retinanet(cfg: CfgNode) -> CfgNode:
+    """Select Detectron2's own RetinaNet, backbone and anchor generator in ``cfg`` (in place;
+    everything else unchanged, e.g. to compare both on one config); returns it."""
+    return _set(cfg, DETECTRON2_RETINANET_COMPONENTS)
+
+
+def _set(cfg: CfgNode, values: dict[str, str]) -> CfgNode:
+    for key, value in values.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return cfg

@@ -28,10 +28,11 @@ import retinanet_ext  # noqa: F401  (compatibility bridges before any detectron2
 from retinanet_ext.data import synthetic
 from retinanet_ext.engine import Trainer, load_config
 
-from detectron2.config import CfgNode  # noqa: I001  (after retinanet_ext on purpose)
-from detectron2.engine import DefaultTrainer, hooks
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import hooks
 
-__all__ = ["DEFAULT_CONFIG_FILE", "run_demo", "setup_demo_cfg"]
+__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "add_demo_config", "run_demo", "setup_demo_cfg"]
 
 logger = logging.getLogger("retinanet_ext.demo")
 
@@ -43,16 +44,47 @@ DEFAULT_CONFIG_FILE = os.path.join(
 )
 
 
+def add_demo_config(cfg: CfgNode) -> CfgNode:
+    """Add the demo's ``DEMO.*`` keys (its synthetic data set and drawing) to ``cfg``."""
+    cfg.DEMO = CfgNode()
+    # where the data set goes; "" = <OUTPUT_DIR>/synthetic_data
+    cfg.DEMO.DATA_DIR = ""
+    cfg.DEMO.NUM_TRAIN = 800
+    cfg.DEMO.NUM_VAL = 200
+    # generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it
+    cfg.DEMO.IMAGE_SIZE = 128
+    cfg.DEMO.DATA_SEED = 0
+    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
+    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
+    cfg.DEMO.CLASS_FREQUENCIES = list(synthetic.CLASS_FREQUENCIES)
+    cfg.DEMO.CLUTTER = 1.0
+    cfg.DEMO.NOISE = 8.0
+    # probability that an object has one of its class's own colours (else any colour)
+    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
+    # held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/
+    cfg.DEMO.NUM_VIS_IMAGES = 4
+    cfg.DEMO.VIS_SCORE_THRESH = 0.4
+    return cfg
+
+
 def setup_demo_cfg(
     output_dir: str, config_file: str | None = None, opts: list[str] | None = None
 ) -> CfgNode:
     """The demo's frozen config: retinanet_ext's defaults + ``DEMO.*`` + file + ``opts``."""
-    cfg = load_config(config_file or DEFAULT_CONFIG_FILE, list(opts or []))
+    cfg = load_config(config_file or DEFAULT_CONFIG_FILE, list(opts or []), add_demo_config)
     cfg.OUTPUT_DIR = output_dir
     if not cfg.DEMO.DATA_DIR:
         cfg.DEMO.DATA_DIR = os.path.join(output_dir, "synthetic_data")
     cfg.freeze()
     return cfg
+
+
+class DemoTrainer(Trainer):
+    """The project's trainer without the evaluation hook: the demo evaluates once, after
+    training, and times it on its own."""
+
+    def build_hooks(self) -> list:
+        return [hook for hook in super().build_hooks() if not isinstance(hook, hooks.EvalHook)]
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -127,7 +159,6 @@ def _draw_predictions(cfg: CfgNode, model, dataset_name: str, out_dir: str) -> l
     """Run ``model`` on the first ``DEMO.NUM_VIS_IMAGES`` images of ``dataset_name`` and
     write them with the predicted boxes (score >= ``DEMO.VIS_SCORE_THRESH``)."""
     import cv2
-    import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data import transforms as T
     from detectron2.utils.visualizer import Visualizer
@@ -163,48 +194,17 @@ def _draw_predictions(cfg: CfgNode, model, dataset_name: str, out_dir: str) -> l
     return written
 
 
-def _without_eval_hooks(trainer) -> None:
-    """Drop evaluation hooks: the demo evaluates once, after training, and times it."""
-    trainer._hooks = [h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)]
-
-
-def run_demo(
-    output_dir: str,
-    config_file: str | None = None,
-    opts: list[str] | None = None,
-    *,
-    trainer_cls: type[DefaultTrainer] = Trainer,
-) -> dict[str, Any]:
-    """Generate the synthetic data, train RetinaNet from scratch, evaluate, draw.
-
-    Args:
-        output_dir: everything is written here (see the module docstring).
-        config_file: defaults to ``configs/retinanet_demo_synthetic.yaml``.
-        opts: config overrides, ``["KEY", "VALUE", ...]`` (``DEMO.*`` keys included).
-        trainer_cls: a ``DefaultTrainer`` subclass (``build_evaluator`` must work).
-
-    Returns:
-        The metrics: ``{"bbox": {AP, AP50, ..., "AP-<class>"}, "ap50_per_class",
-        "timings_s": {...}, "meta_architecture", "predictions": [paths], ...}``; also
-        written to ``<output_dir>/demo_results.json`` (NaN written as null).
-    """
-    import torch
+def _setup_logging(output_dir: str) -> None:
     from detectron2.utils import comm
-    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
-    t_start = time.perf_counter()
-    os.makedirs(output_dir, exist_ok=True)
-    cfg = setup_demo_cfg(output_dir, config_file, opts)
-    if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-        setup_logger(output_dir, distributed_rank=comm.get_rank(), name="detectron2")
-    if not logging.getLogger("retinanet_ext").isEnabledFor(logging.INFO):
-        setup_logger(output_dir, distributed_rank=comm.get_rank(), name="retinanet_ext")
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
+    for name in ("detectron2", "retinanet_ext"):
+        if not logging.getLogger(name).isEnabledFor(logging.INFO):
+            setup_logger(output_dir, distributed_rank=comm.get_rank(), name=name)
 
-    # 1. data
-    t0 = time.perf_counter()
+
+def _prepare_data(cfg: CfgNode) -> tuple[dict[str, Any], dict[str, str]]:
+    """Generate (or reuse) the synthetic data set and register its splits."""
     data = synthetic.generate_synthetic_dataset(
         cfg.DEMO.DATA_DIR,
         num_train=cfg.DEMO.NUM_TRAIN,
@@ -219,54 +219,107 @@ def run_demo(
         class_colour_prob=cfg.DEMO.CLASS_COLOUR_PROB,
     )
     names = synthetic.register_synthetic_dataset(cfg.DEMO.DATA_DIR)
-    t_data = time.perf_counter() - t0
-    logger.info(
-        "Synthetic data %s in %.1fs at %s: %s",
-        "reused" if data["reused"] else "generated", t_data, cfg.DEMO.DATA_DIR,
-        json.dumps(data["class_counts"]),
-    )
     for key, name in (("TRAIN", names["train"]), ("TEST", names["val"])):
         if name not in getattr(cfg.DATASETS, key):
             logger.warning("cfg.DATASETS.%s = %s does not use %s", key, getattr(cfg.DATASETS, key),
                            name)
+    return data, names
 
-    # 2. training
+
+def _train(cfg: CfgNode) -> torch.nn.Module:
+    """Train from scratch (seeded by ``SEED``); returns the trained model, unwrapped."""
+    from detectron2.utils.env import seed_all_rng
+
     seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
-    t0 = time.perf_counter()
-    trainer = trainer_cls(cfg)
-    _without_eval_hooks(trainer)
+    trainer = DemoTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    t_train = time.perf_counter() - t0
     model = trainer.model
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
+    return model
 
-    # 3. evaluation
-    t0, eval_started = time.perf_counter(), time.time()
-    results = trainer_cls.test(cfg, model)
-    t_eval = time.perf_counter() - t0
+
+def _evaluate(cfg: CfgNode, model: torch.nn.Module, data: dict[str, Any], val_name: str
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """COCO metrics on the held-out split, and AP50 per class."""
+    started = time.time()
+    results = DemoTrainer.test(cfg, model)
     bbox = dict(results.get("bbox", {})) if isinstance(results, dict) else {}
     ap50_per_class: dict[str, float] = {}
-    results_file = _find_results_file(output_dir, names["val"], eval_started)
+    results_file = _find_results_file(cfg.OUTPUT_DIR, val_name, started)
     if results_file:
         try:
             ap50_per_class = _ap50_per_class(data["splits"]["val"]["json_file"], results_file)
         except Exception as e:  # informative only
             logger.warning("per-class AP50 not computed: %s", e)
+    return bbox, ap50_per_class
 
-    # 4. pictures
+
+def _report(cfg: CfgNode, metrics: dict[str, Any]) -> None:
+    """Write ``demo_results.json`` and print the table and the one-line summary."""
+    from detectron2.utils import comm
+
+    if not comm.is_main_process():
+        return
+    with open(os.path.join(cfg.OUTPUT_DIR, "demo_results.json"), "w") as f:
+        json.dump(_nan_to_none(metrics), f, indent=2)
+    bbox, timings = metrics["bbox"], metrics["timings_s"]
+    print(_format_table(bbox, metrics["ap50_per_class"]), flush=True)
+    nan = float("nan")
+    print(
+        f"[retinanet_ext demo] {cfg.MODEL.META_ARCHITECTURE}: AP={bbox.get('AP', nan):.1f}"
+        f" AP50={bbox.get('AP50', nan):.1f} | data {timings['data']:.0f}s, train"
+        f" {timings['train']:.0f}s ({cfg.SOLVER.MAX_ITER} it), eval {timings['eval']:.0f}s,"
+        f" total {timings['total']:.0f}s | outputs in {cfg.OUTPUT_DIR}",
+        flush=True,
+    )
+
+
+def run_demo(
+    output_dir: str, config_file: str | None = None, opts: list[str] | None = None
+) -> dict[str, Any]:
+    """Generate the synthetic data, train RetinaNet from scratch, evaluate, draw.
+
+    Args:
+        output_dir: everything is written here (see the module docstring).
+        config_file: defaults to ``configs/retinanet_demo_synthetic.yaml``.
+        opts: config overrides, ``["KEY", "VALUE", ...]`` (``DEMO.*`` keys included).
+
+    Returns:
+        The metrics: ``{"bbox": {AP, AP50, ..., "AP-<class>"}, "ap50_per_class",
+        "timings_s": {...}, "meta_architecture", "predictions": [paths], ...}``; also
+        written to ``<output_dir>/demo_results.json`` (NaN written as null).
+    """
+    t_start = time.perf_counter()
+    os.makedirs(output_dir, exist_ok=True)
+    cfg = setup_demo_cfg(output_dir, config_file, opts)
+    _setup_logging(output_dir)
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    predictions = _draw_predictions(cfg, model, names["val"], os.path.join(output_dir,
-                                                                           "predictions"))
-    t_vis = time.perf_counter() - t0
-    t_total = time.perf_counter() - t_start
+    data, names = _prepare_data(cfg)
+    timings["data"] = time.perf_counter() - t0
+    logger.info("Synthetic data %s in %.1fs at %s: %s", "reused" if data["reused"] else
+                "generated", timings["data"], cfg.DEMO.DATA_DIR, json.dumps(data["class_counts"]))
+    t0 = time.perf_counter()
+    model = _train(cfg)
+    timings["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bbox, ap50_per_class = _evaluate(cfg, model, data, names["val"])
+    timings["eval"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictions = _draw_predictions(cfg, model, names["val"],
+                                    os.path.join(output_dir, "predictions"))
+    timings["visualize"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
 
     metrics: dict[str, Any] = OrderedDict(
         bbox=bbox,
         ap50_per_class=ap50_per_class,
-        timings_s={"data": t_data, "train": t_train, "eval": t_eval, "visualize": t_vis,
-                   "total": t_total},
+        timings_s=timings,
         meta_architecture=cfg.MODEL.META_ARCHITECTURE,
         backbone=cfg.MODEL.BACKBONE.NAME,
         anchor_generator=cfg.MODEL.ANCHOR_GENERATOR.NAME,
@@ -277,16 +330,5 @@ def run_demo(
         predictions=predictions,
         output_dir=output_dir,
     )
-    if comm.is_main_process():
-        with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
-            json.dump(_nan_to_none(metrics), f, indent=2)
-        print(_format_table(bbox, ap50_per_class), flush=True)
-        nan = float("nan")
-        print(
-            f"[retinanet_ext demo] {cfg.MODEL.META_ARCHITECTURE}: AP={bbox.get('AP', nan):.1f}"
-            f" AP50={bbox.get('AP50', nan):.1f} | data {t_data:.0f}s, train {t_train:.0f}s"
-            f" ({cfg.SOLVER.MAX_ITER} it), eval {t_eval:.0f}s, total {t_total:.0f}s"
-            f" | outputs in {output_dir}",
-            flush=True,
-        )
+    _report(cfg, metrics)
     return metrics

@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from retinanet_ext import add_retinanet_ext_config
+from retinanet_ext.config import use_retinanet_ext_components
 
 import torch
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 from detectron2.structures import Boxes, Instances
-
-OUR_NAMES = {
-    "META_ARCHITECTURE": "RetinaNetExt",
-    "BACKBONE": "build_retinanet_ext_resnet_fpn_backbone",
-    "ANCHOR_GENERATOR": "RetinaNetExtAnchorGenerator",
-}
 
 
 def retinanet_cfg(ours: bool, depth: int = 18, num_classes: int = 80) -> CfgNode:
@@ -31,9 +26,7 @@ def retinanet_cfg(ours: bool, depth: int = 18, num_classes: int = 80) -> CfgNode
         cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     if ours:
-        cfg.MODEL.META_ARCHITECTURE = OUR_NAMES["META_ARCHITECTURE"]
-        cfg.MODEL.BACKBONE.NAME = OUR_NAMES["BACKBONE"]
-        cfg.MODEL.ANCHOR_GENERATOR.NAME = OUR_NAMES["ANCHOR_GENERATOR"]
+        use_retinanet_ext_components(cfg)
     return cfg
 
 

@@ -1,8 +1,7 @@
-"""ResNet + our FPN + P6/P7: names, strides, shapes, the top-down maths and the P6 input."""
+"""ResNet + Detectron2's FPN + P6/P7 from our builder: names, strides, shapes, the top-down
+maths, the P6 input and the checks."""
 
 from __future__ import annotations
-
-from retinanet_ext.modeling.backbone import RetinaNetExtFPN
 
 import pytest
 import torch
@@ -10,14 +9,15 @@ import torch.nn.functional as F
 from _modeling_helpers import retinanet_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 
 
-def _build(depth: int = 18, **ext: str) -> RetinaNetExtFPN:
+def _build(depth: int = 18, **ext: str) -> FPN:
     cfg = retinanet_cfg(ours=True, depth=depth)
     for key, value in ext.items():
         cfg.MODEL.RETINANET_EXT[key] = value
     backbone = build_backbone(cfg)
-    assert isinstance(backbone, RetinaNetExtFPN)
+    assert isinstance(backbone, FPN) and isinstance(backbone.top_block, LastLevelP6P7)
     return backbone.eval()
 
 
@@ -109,3 +109,17 @@ def test_fpn_rejects_missing_bottom_up_features() -> None:
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res4", "res5"]
     with pytest.raises(ValueError, match="MODEL.FPN.IN_FEATURES"):
         build_backbone(cfg, ShapeSpec(channels=3))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("MODEL.FPN.IN_FEATURES", ["res3", "res5"], "twice the previous one"),
+        ("MODEL.FPN.FUSE_TYPE", "max", "MODEL.FPN.FUSE_TYPE"),
+    ],
+)
+def test_fpn_settings_detectron2_asserts_are_explained(key, value, message) -> None:
+    cfg = retinanet_cfg(ours=True)
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ValueError, match=message):
+        build_backbone(cfg)

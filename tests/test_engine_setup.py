@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from retinanet_ext.demo import add_demo_config
 from retinanet_ext.engine import (
     ConfigError,
     MissingDatasetError,
@@ -25,7 +26,9 @@ CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 def test_every_config_is_safe_yaml_and_loads(config: Path) -> None:
     with open(config) as f:
         yaml.safe_load(f)  # raises on !!python tags
-    cfg = load_config(str(config))
+    # The demo's config carries the demo's own keys (DEMO.*), added by the demo.
+    add_keys = add_demo_config if config.name == "retinanet_demo_synthetic.yaml" else None
+    cfg = load_config(str(config), add_keys=add_keys)
     if config.name.startswith(("retinanet_R", "Base-")):
         assert cfg.MODEL.META_ARCHITECTURE == "RetinaNetExt"
         assert cfg.MODEL.ANCHOR_GENERATOR.NAME == "RetinaNetExtAnchorGenerator"

@@ -1,23 +1,26 @@
-"""RetinaNetExt end to end: config keys, build from config, training and inference contracts."""
+"""RetinaNetExt end to end: config keys, build from config, training and inference contracts,
+training visualisation."""
 
 from __future__ import annotations
 
 from retinanet_ext import get_retinanet_ext_cfg
 from retinanet_ext.modeling import RetinaNetExt, RetinaNetExtAnchorGenerator, RetinaNetExtHead
-from retinanet_ext.modeling.backbone import RetinaNetExtFPN
 from retinanet_ext.modeling.losses import (
     BCELoss,
     ForegroundCountLossNormalizer,
     GIoUBoxLoss,
     SigmoidFocalLoss,
 )
+from retinanet_ext.modeling.matching import IoUAssigner
 
 import pytest
 import torch
 from _modeling_helpers import make_instances, random_image, retinanet_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.backbone.fpn import FPN
 from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
 
 NUM_CLASSES = 6
 
@@ -42,7 +45,12 @@ def test_new_config_keys_and_defaults() -> None:
     ext = get_retinanet_ext_cfg().MODEL.RETINANET_EXT
     assert dict(ext) == {
         "HEAD_NAME": "RetinaNetExtHead",
+        "ASSIGNER": "IoUAssigner",
+        "ATSS_TOPK": 9,
         "CLS_LOSS_NAME": "SigmoidFocalLoss",
+        "QFL_BETA": 2.0,
+        "VFL_ALPHA": 0.75,
+        "VFL_GAMMA": 2.0,
         "GIOU_LOSS_WEIGHT": 1.0,
         "LOSS_NORMALIZER": "EMALossNormalizer",
         "LOSS_NORMALIZER_EMA_INIT": 100.0,
@@ -55,10 +63,11 @@ def test_new_config_keys_and_defaults() -> None:
 
 def test_builds_our_components_from_config(model: RetinaNetExt) -> None:
     assert isinstance(model, RetinaNetExt)
-    assert isinstance(model.backbone, RetinaNetExtFPN)
+    assert isinstance(model.backbone, FPN)
     assert isinstance(model.anchor_generator, RetinaNetExtAnchorGenerator)
     assert isinstance(model.head, RetinaNetExtHead)
-    assert isinstance(model.head.cls_loss, SigmoidFocalLoss)
+    assert isinstance(model.criterion.assigner, IoUAssigner)
+    assert isinstance(model.criterion.cls_loss, SigmoidFocalLoss)
     assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
     assert model.head.cls_score.out_channels == 9 * NUM_CLASSES
     assert model.device == torch.device("cpu")
@@ -77,7 +86,8 @@ def test_preprocess_normalises_and_pads(model: RetinaNetExt) -> None:
 @pytest.mark.slow
 def test_training_returns_losses_and_trains_empty_images(model: RetinaNetExt) -> None:
     model.train()
-    losses = model(_training_inputs())
+    with EventStorage():
+        losses = model(_training_inputs())
     assert set(losses) == {"loss_cls", "loss_box_reg"}
     assert all(torch.isfinite(v) and v.item() > 0 for v in losses.values())
     sum(losses.values()).backward()
@@ -86,7 +96,8 @@ def test_training_returns_losses_and_trains_empty_images(model: RetinaNetExt) ->
     model.zero_grad()
 
     empty_only = [_training_inputs()[1]]
-    losses = model(empty_only)
+    with EventStorage():
+        losses = model(empty_only)
     assert losses["loss_box_reg"].item() == 0.0 and losses["loss_cls"].item() > 0
     sum(losses.values()).backward()
     model.zero_grad()
@@ -130,12 +141,13 @@ def test_components_swap_from_config() -> None:
     cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"  # Detectron2's, also accepted
     cfg.MODEL.RETINANET.NUM_CONVS = 1
     model = build_model(cfg)
-    assert isinstance(model.head.cls_loss, BCELoss)
-    assert isinstance(model.head.box_loss, GIoUBoxLoss)
-    assert isinstance(model.head.loss_normalizer, ForegroundCountLossNormalizer)
+    assert isinstance(model.criterion.cls_loss, BCELoss)
+    assert isinstance(model.criterion.box_loss, GIoUBoxLoss)
+    assert isinstance(model.criterion.loss_normalizer, ForegroundCountLossNormalizer)
     assert isinstance(model.anchor_generator, DefaultAnchorGenerator)
     model.train()
-    losses = model(_training_inputs())
+    with EventStorage():
+        losses = model(_training_inputs())
     assert all(torch.isfinite(v) for v in losses.values())
 
 
@@ -143,8 +155,57 @@ def test_ground_truth_class_out_of_range_is_explained(model: RetinaNetExt) -> No
     model.train()
     inputs = [{"image": random_image(64, 64, seed=0)}]
     inputs[0]["instances"] = make_instances((64, 64), [[0, 0, 30, 30]], [NUM_CLASSES])
-    with pytest.raises(ValueError, match="NUM_CLASSES"):
+    with pytest.raises(ValueError, match="NUM_CLASSES"), EventStorage():
         model(inputs)
+
+
+class _ImageRecorder(EventStorage):
+    """An event storage that keeps the images the model puts, through the public method."""
+
+    def __init__(self, start_iter: int = 0) -> None:
+        super().__init__(start_iter)
+        self.images: list[tuple[str, torch.Tensor]] = []
+
+    def put_image(self, img_name: str, img_tensor) -> None:
+        self.images.append((img_name, torch.as_tensor(img_tensor)))
+        super().put_image(img_name, img_tensor)
+
+
+@pytest.mark.parametrize(("vis_period", "iteration", "drawn"), [(0, 0, 0), (2, 3, 0), (2, 4, 1)])
+def test_vis_period_draws_ground_truth_and_predictions(vis_period, iteration, drawn) -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.VIS_PERIOD = vis_period
+    model = build_model(cfg)
+    assert model.vis_period == vis_period
+    model.train()
+    with _ImageRecorder(start_iter=iteration) as storage:
+        model(_training_inputs())
+    assert len(storage.images) == drawn
+    if drawn:
+        name, image = storage.images[0]
+        assert "GT bounding boxes" in name
+        # ground truth above, predictions below, on the 128 x 160 first image (CHW)
+        assert tuple(image.shape) == (3, 2 * 128, 160)
+
+
+@pytest.mark.parametrize("norm", ["BN", "SyncBN"])
+def test_head_batchnorm_is_one_per_level_as_in_detectron2(norm) -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.MODEL.RETINANET.NORM = norm
+    ours = build_model(cfg).head
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    theirs = build_model(cfg).head
+    ours_keys = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert ours_keys == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert "cls_subnet.1.4.running_mean" in ours_keys  # one BN per level (5 levels)
+    if norm == "BN":
+        ours.load_state_dict(theirs.state_dict())
+        features = [torch.randn(1, 256, s, s) for s in (16, 8, 4, 2, 1)]
+        ours.eval(), theirs.eval()
+        with torch.no_grad():
+            for mine, ref in zip(ours(features), theirs(features), strict=True):
+                for a, b in zip(mine, ref, strict=True):
+                    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -154,7 +215,8 @@ def test_runs_on_cuda() -> None:
     model = build_model(cfg)
     assert model.device.type == "cuda"
     model.train()
-    losses = model(_training_inputs())
+    with EventStorage():
+        losses = model(_training_inputs())
     sum(losses.values()).backward()
     model.eval()
     with torch.no_grad():

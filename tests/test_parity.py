@@ -8,7 +8,7 @@ loaded into ours, and both see the same inputs.
 from __future__ import annotations
 
 from retinanet_ext.modeling import RetinaNetExt
-from retinanet_ext.modeling.losses import GIoUBoxLoss
+from retinanet_ext.modeling.losses import CIoUBoxLoss, DIoUBoxLoss, GIoUBoxLoss
 
 import pytest
 import torch
@@ -156,15 +156,19 @@ def test_training_losses_and_gradients_equal_detectron2(models) -> None:
     # Two steps: the second also checks that the EMA normalisers moved the same way.
     for _ in range(2):
         _assert_training_parity(ours, theirs)
-    assert ours.head.loss_normalizer.value == pytest.approx(theirs.loss_normalizer, rel=1e-12)
+    assert ours.criterion.loss_normalizer.value == pytest.approx(theirs.loss_normalizer, rel=1e-12)
 
 
 @pytest.mark.slow
-def test_giou_training_losses_and_gradients_equal_detectron2(models) -> None:
+@pytest.mark.parametrize(
+    ("loss_type", "loss_class"),
+    [("giou", GIoUBoxLoss), ("diou", DIoUBoxLoss), ("ciou", CIoUBoxLoss)],
+)
+def test_iou_box_losses_and_gradients_equal_detectron2(models, loss_type, loss_class) -> None:
     ours, theirs = models
-    ours_loss, theirs_loss = ours.head.box_loss, theirs.box_reg_loss_type
-    ours.head.box_loss, theirs.box_reg_loss_type = GIoUBoxLoss(weight=1.0), "giou"
+    ours_loss, theirs_loss = ours.criterion.box_loss, theirs.box_reg_loss_type
+    ours.criterion.box_loss, theirs.box_reg_loss_type = loss_class(weight=1.0), loss_type
     try:
         _assert_training_parity(ours, theirs)
     finally:
-        ours.head.box_loss, theirs.box_reg_loss_type = ours_loss, theirs_loss
+        ours.criterion.box_loss, theirs.box_reg_loss_type = ours_loss, theirs_loss

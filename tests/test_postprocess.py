@@ -58,8 +58,15 @@ def test_topk_is_per_image_and_level() -> None:
     torch.testing.assert_close(scores, torch.sigmoid(logits[image_idx, anchor_idx, class_idx]))
 
 
+# Detectron2's defaults (MODEL.RETINANET.*_TEST, TEST.DETECTIONS_PER_IMAGE).
+SETTINGS = dict(
+    score_thresh=0.05, topk_candidates=1000, nms_thresh=0.5, max_detections_per_image=100
+)
+
+
 def _decode_boxes(boxes: list[list[float]], classes: list[int], scores: list[float], **kwargs):
     """Run decode_detections on anchors equal to ``boxes`` (zero deltas), one image."""
+    kwargs = {**SETTINGS, **kwargs}
     num_classes = max(classes) + 1
     anchors = torch.tensor(boxes)
     logits = torch.full((1, len(boxes), num_classes), -20.0)
@@ -101,7 +108,7 @@ def test_deltas_are_decoded_and_images_are_separate() -> None:
     deltas = torch.zeros(2, 2, 4)
     deltas[0, 0] = torch.tensor([0.1, 0.0, math.log(2.0), 0.0])  # shift 1 px, double width
     results = decode_detections(
-        logits, deltas, anchors, [1, 1], [(64, 64), (48, 48)], TRANSFORM
+        logits, deltas, anchors, [1, 1], [(64, 64), (48, 48)], TRANSFORM, **SETTINGS
     )
     assert [len(r) for r in results] == [1, 1]
     torch.testing.assert_close(results[0].pred_boxes.tensor, torch.tensor([[-4.0, 0, 16, 10]]))
@@ -114,7 +121,8 @@ def test_deltas_are_decoded_and_images_are_separate() -> None:
 def test_no_candidates_gives_empty_instances() -> None:
     logits = torch.full((1, 3, 2), -20.0)
     (result,) = decode_detections(
-        logits, torch.zeros(1, 3, 4), torch.ones(3, 4).cumsum(1), [3], [(8, 8)], TRANSFORM
+        logits, torch.zeros(1, 3, 4), torch.ones(3, 4).cumsum(1), [3], [(8, 8)], TRANSFORM,
+        **SETTINGS,
     )
     assert len(result) == 0
     assert result.pred_boxes.tensor.shape == (0, 4)

@@ -41,13 +41,20 @@ def _merge(where: str, merge: Callable[[], None]) -> None:
         raise ConfigError(f"{where}: {error}") from error
 
 
-def load_config(config_file: str | None, opts: list[str] | None = None) -> CfgNode:
+def load_config(
+    config_file: str | None,
+    opts: list[str] | None = None,
+    add_keys: Callable[[CfgNode], object] | None = None,
+) -> CfgNode:
     """Detectron2's defaults + retinanet_ext's keys, merged with a YAML file and overrides.
 
     Config files are read with safe YAML only: ``!!python/...`` tags are refused.
+    ``add_keys(cfg)`` adds a tool's own keys before merging (e.g. the demo's ``DEMO.*``).
     Not frozen, so callers may adjust it.
     """
     cfg = get_retinanet_ext_cfg()
+    if add_keys is not None:
+        add_keys(cfg)
     if config_file:
         if not Path(config_file).is_file():
             raise ConfigError(f"config file {config_file} does not exist")

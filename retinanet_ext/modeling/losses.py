@@ -1,9 +1,12 @@
 """RetinaNet's losses: pure functions of tensors, and registries to pick them by config.
 
 * Classification (``MODEL.RETINANET_EXT.CLS_LOSS_NAME``, ``RETINANET_EXT_CLS_LOSS_REGISTRY``):
-  sigmoid focal loss (paper, Eq. 5), alpha-balanced and plain binary cross-entropy.
+  sigmoid focal loss (paper, Eq. 5; fvcore's, as Detectron2 uses), alpha-balanced and plain
+  binary cross-entropy, and the IoU-aware quality focal loss (Li et al. 2020) and varifocal
+  loss (Zhang et al. 2021).
 * Box regression (``MODEL.RETINANET.BBOX_REG_LOSS_TYPE``, ``RETINANET_EXT_BOX_LOSS_REGISTRY``):
-  smooth L1 on (dx, dy, dw, dh) deltas, GIoU on decoded boxes.
+  smooth L1 on (dx, dy, dw, dh) deltas (fvcore's), GIoU (fvcore's), DIoU and CIoU
+  (Detectron2's) on decoded boxes: the same four names as Detectron2's RetinaNet.
 * Normaliser (``MODEL.RETINANET_EXT.LOSS_NORMALIZER``,
   ``RETINANET_EXT_LOSS_NORMALIZER_REGISTRY``): what the summed losses are divided by.
 
@@ -12,15 +15,18 @@ Registered objects are built as ``REGISTRY.get(name)(cfg)`` and called on tensor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
+from retinanet_ext.modeling.matching import AnchorTargets
 
-import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
+from detectron2.layers.losses import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
+from fvcore.nn import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from torch import Tensor
 
 __all__ = [
@@ -31,26 +37,32 @@ __all__ = [
     "BCELoss",
     "BoxLoss",
     "ClassificationLoss",
+    "DecodedBoxLoss",
     "EMALossNormalizer",
     "ForegroundCountLossNormalizer",
     "GIoUBoxLoss",
     "LossNormalizer",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SmoothL1BoxLoss",
-    "binary_cross_entropy_loss",
+    "VarifocalLoss",
     "build_box_loss",
     "build_classification_loss",
     "build_loss_normalizer",
     "giou_loss",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "varifocal_loss",
 ]
 
 RETINANET_EXT_CLS_LOSS_REGISTRY = Registry("RETINANET_EXT_CLS_LOSS")
 RETINANET_EXT_CLS_LOSS_REGISTRY.__doc__ = """
 Classification losses, built as ``obj(cfg)`` and called as
-``loss(logits: Tensor[M, K], targets: Tensor[M, K]) -> Tensor[]`` (the sum over all
-elements). Chosen by ``MODEL.RETINANET_EXT.CLS_LOSS_NAME``.
+``loss(logits: Tensor[N, R, K], targets: AnchorTargets) -> Tensor[]`` (summed over the
+anchors the loss covers, usually ``targets.valid``). A loss whose class attribute
+``needs_prediction_iou`` is True gets ``targets.pred_iou`` filled by the criterion.
+Chosen by ``MODEL.RETINANET_EXT.CLS_LOSS_NAME``.
 """
 
 RETINANET_EXT_BOX_LOSS_REGISTRY = Registry("RETINANET_EXT_BOX_LOSS")
@@ -58,7 +70,7 @@ RETINANET_EXT_BOX_LOSS_REGISTRY.__doc__ = """
 Box regression losses, built as ``obj(cfg)`` and called as
 ``loss(pred_deltas: Tensor[P, 4], gt_boxes: Tensor[P, 4], anchors: Tensor[P, 4],
 box2box_transform) -> Tensor[]`` (the sum over the P foreground anchors). Chosen by
-``MODEL.RETINANET.BBOX_REG_LOSS_TYPE``: "smooth_l1", "giou" or a registered name.
+``MODEL.RETINANET.BBOX_REG_LOSS_TYPE``: "smooth_l1", "giou", "diou", "ciou" or a registered name.
 """
 
 RETINANET_EXT_LOSS_NORMALIZER_REGISTRY = Registry("RETINANET_EXT_LOSS_NORMALIZER")
@@ -68,17 +80,12 @@ Loss normalisers, built as ``obj(cfg)`` and called once per training step as
 """
 
 # Detectron2's values of MODEL.RETINANET.BBOX_REG_LOSS_TYPE and the classes that implement them.
-_BOX_LOSS_TYPES = {"smooth_l1": "SmoothL1BoxLoss", "giou": "GIoUBoxLoss"}
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}.")
+_BOX_LOSS_TYPES = {
+    "smooth_l1": "SmoothL1BoxLoss",
+    "giou": "GIoUBoxLoss",
+    "diou": "DIoUBoxLoss",
+    "ciou": "CIoUBoxLoss",
+}
 
 
 class _ReadsNoConfig:
@@ -95,102 +102,63 @@ class _ReadsNoConfig:
 
 
 # ----------------------------------------------------------------------------- functions
-def sigmoid_focal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    alpha: float | None = 0.25,
-    gamma: float = 2.0,
-    reduction: str = "none",
-) -> Tensor:
-    """Focal loss, FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t) (paper, Eq. 5).
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}.")
 
-    Computed from logits: binary cross-entropy with logits (stable, = -log(p_t)) times the
-    modulating factor, so large |logits| neither overflow nor give log(0).
+
+def quality_focal_loss(
+    logits: Tensor, quality: Tensor, beta: float, reduction: str = "none"
+) -> Tensor:
+    """Quality focal loss (Li et al., "Generalized Focal Loss", NeurIPS 2020, Eq. 5).
+
+    QFL(sigma) = -|y - sigma|^beta ((1 - y) log(1 - sigma) + y log(sigma)): binary
+    cross-entropy against a soft target y (the IoU of the prediction with its ground truth
+    at the true class, 0 elsewhere), focused by the distance to it.
+
+    Args:
+        logits: Tensor[...], raw scores; sigma = sigmoid(logits).
+        quality: Tensor[...] in [0, 1], the soft targets y.
+        beta: focusing parameter (the paper's best: 2).
+        reduction: "none", "mean" or "sum".
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, quality, reduction="none")
+    loss = loss * (quality - logits.sigmoid()).abs().pow(beta)
+    return _reduce(loss, reduction)
+
+
+def varifocal_loss(
+    logits: Tensor, quality: Tensor, alpha: float, gamma: float, reduction: str = "none"
+) -> Tensor:
+    """Varifocal loss (Zhang et al., "VarifocalNet", CVPR 2021, Eq. 2).
+
+    VFL(p, q) = -q (q log p + (1 - q) log(1 - p)) where q > 0 (positives, weighted by their
+    IoU target q), and -alpha p^gamma log(1 - p) where q = 0 (negatives, down-weighted
+    as in the focal loss; positives are not).
 
     Args:
         logits: Tensor[...], raw scores; p = sigmoid(logits).
-        targets: Tensor[...] of the same shape, 1 for the true class, 0 otherwise.
-        alpha: weight of the positives (1 - alpha for the negatives); None for no weighting.
-        gamma: focusing parameter; 0 gives alpha-balanced cross-entropy.
+        quality: Tensor[...] in [0, 1], q: the IoU target at the true class, 0 elsewhere.
+        alpha, gamma: weight and focusing parameter of the negatives (paper: 0.75, 2).
         reduction: "none", "mean" or "sum".
     """
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    if gamma != 0:
-        probs = torch.sigmoid(logits)
-        p_t = probs * targets + (1 - probs) * (1 - targets)
-        loss = loss * (1 - p_t) ** gamma
-    if alpha is not None:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
+    probs = logits.sigmoid()
+    positive = quality > 0
+    weight = (quality * positive) + (~positive) * alpha * probs.pow(gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, quality, reduction="none") * weight
     return _reduce(loss, reduction)
-
-
-def binary_cross_entropy_loss(
-    logits: Tensor, targets: Tensor, alpha: float | None = None, reduction: str = "none"
-) -> Tensor:
-    """Binary cross-entropy with logits, optionally alpha-balanced (paper, Sec. 3.1).
-
-    Args:
-        logits, targets: as for :func:`sigmoid_focal_loss`.
-        alpha: weight of the positives (1 - alpha for the negatives); None for plain BCE.
-        reduction: "none", "mean" or "sum".
-    """
-    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=0.0, reduction=reduction)
-
-
-def smooth_l1_loss(
-    input: Tensor, target: Tensor, beta: float, reduction: str = "none"
-) -> Tensor:
-    """Smooth L1 (Huber divided by beta): 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta.
-
-    ``beta`` = 0 (or below 1e-5, where 1 / beta is unstable) is the L1 loss.
-
-    Args:
-        input, target: Tensor[...] of the same shape, e.g. box deltas Tensor[P, 4].
-        beta: the transition point between the quadratic and the linear part.
-        reduction: "none", "mean" or "sum".
-    """
-    diff = torch.abs(input - target)
-    if beta < 1e-5:
-        loss = diff
-    else:
-        loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
-    return _reduce(loss, reduction)
-
-
-def giou_loss(
-    boxes: Tensor, target_boxes: Tensor, eps: float = 1e-7, reduction: str = "none"
-) -> Tensor:
-    """1 - generalised IoU (Rezatofighi et al., CVPR 2019) of paired boxes.
-
-    GIoU = IoU - (area(C) - area(union)) / area(C), C the smallest box enclosing both.
-
-    Args:
-        boxes, target_boxes: Tensor[P, 4], absolute XYXY; row i of one pairs with row i
-            of the other.
-        eps: added to union and enclosing areas against division by zero.
-        reduction: "none", "mean" or "sum".
-
-    Returns:
-        Tensor[P] in [0, 2] (reduced as asked).
-    """
-    x1, y1, x2, y2 = boxes.unbind(dim=-1)
-    tx1, ty1, tx2, ty2 = target_boxes.unbind(dim=-1)
-    inter_w = (torch.min(x2, tx2) - torch.max(x1, tx1)).clamp(min=0)
-    inter_h = (torch.min(y2, ty2) - torch.max(y1, ty1)).clamp(min=0)
-    intersection = inter_w * inter_h
-    union = (x2 - x1) * (y2 - y1) + (tx2 - tx1) * (ty2 - ty1) - intersection
-    iou = intersection / (union + eps)
-    enclosing_w = torch.max(x2, tx2) - torch.min(x1, tx1)
-    enclosing_h = torch.max(y2, ty2) - torch.min(y1, ty1)
-    enclosing = enclosing_w * enclosing_h
-    giou = iou - (enclosing - union) / (enclosing + eps)
-    return _reduce(1 - giou, reduction)
 
 
 # ------------------------------------------------------------------- registered objects
 class ClassificationLoss(Protocol):
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor: ...
+    needs_prediction_iou: bool
+
+    def __call__(self, logits: Tensor, targets: AnchorTargets) -> Tensor: ...
 
 
 class BoxLoss(Protocol):
@@ -207,59 +175,121 @@ class LossNormalizer(Protocol):
     def __call__(self, num_foreground: int) -> float: ...
 
 
+def _valid_logits_and_targets(
+    logits: Tensor, targets: AnchorTargets, quality: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The logits of the valid anchors, Tensor[M, K], and their (soft) targets."""
+    valid_logits = logits[targets.valid]
+    return valid_logits, targets.classification_targets(quality, dtype=valid_logits.dtype)
+
+
 @RETINANET_EXT_CLS_LOSS_REGISTRY.register()
 class SigmoidFocalLoss:
-    """Summed :func:`sigmoid_focal_loss` (Detectron2's and the paper's default)."""
+    """Summed sigmoid focal loss over the valid anchors (Detectron2's and the paper's default)."""
+
+    needs_prediction_iou = False
 
     @configurable
-    def __init__(self, *, alpha: float | None = 0.25, gamma: float = 2.0) -> None:
+    def __init__(self, *, alpha: float, gamma: float) -> None:
+        """
+        Args:
+            alpha: weight of the positives (1 - alpha for the negatives); negative for none
+                (Detectron2's convention).
+            gamma: focusing parameter; 0 gives alpha-balanced cross-entropy.
+        """
         self.alpha = alpha
         self.gamma = gamma
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        alpha = cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA
         return {
-            # Detectron2 convention: a negative alpha disables the weighting.
-            "alpha": alpha if alpha >= 0 else None,
+            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
             "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
         }
 
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma, reduction="sum")
+    def __call__(self, logits: Tensor, targets: AnchorTargets) -> Tensor:
+        valid_logits, cls_targets = _valid_logits_and_targets(logits, targets)
+        return sigmoid_focal_loss(
+            valid_logits, cls_targets, alpha=self.alpha, gamma=self.gamma, reduction="sum"
+        )
 
 
 @RETINANET_EXT_CLS_LOSS_REGISTRY.register()
-class AlphaBalancedBCELoss:
-    """Summed alpha-balanced cross-entropy, the paper's baseline (alpha from
-    ``MODEL.RETINANET.FOCAL_LOSS_ALPHA``; the paper's best is 0.75)."""
+class AlphaBalancedBCELoss(SigmoidFocalLoss):
+    """Summed alpha-balanced cross-entropy, the paper's baseline (Sec. 3.1; alpha from
+    ``MODEL.RETINANET.FOCAL_LOSS_ALPHA``, the paper's best is 0.75): focal loss with gamma 0."""
 
     @configurable
-    def __init__(self, *, alpha: float = 0.25) -> None:
-        self.alpha = alpha
+    def __init__(self, *, alpha: float) -> None:
+        super().__init__(alpha=alpha, gamma=0.0)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
         return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA}
 
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return binary_cross_entropy_loss(logits, targets, alpha=self.alpha, reduction="sum")
+
+@RETINANET_EXT_CLS_LOSS_REGISTRY.register()
+class BCELoss(SigmoidFocalLoss):
+    """Summed plain binary cross-entropy (no balancing; needs the prior initialisation)."""
+
+    @configurable
+    def __init__(self) -> None:
+        super().__init__(alpha=-1.0, gamma=0.0)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return {}
 
 
 @RETINANET_EXT_CLS_LOSS_REGISTRY.register()
-class BCELoss(_ReadsNoConfig):
-    """Summed plain binary cross-entropy (no balancing; needs the prior initialisation)."""
+class QualityFocalLoss:
+    """Summed :func:`quality_focal_loss`, soft targets = IoU of each foreground anchor's
+    decoded box with its ground truth (``MODEL.RETINANET_EXT.QFL_BETA``)."""
 
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return binary_cross_entropy_loss(logits, targets, alpha=None, reduction="sum")
+    needs_prediction_iou = True
+
+    @configurable
+    def __init__(self, *, beta: float) -> None:
+        self.beta = beta
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return {"beta": retinanet_ext_node(cfg).QFL_BETA}
+
+    def __call__(self, logits: Tensor, targets: AnchorTargets) -> Tensor:
+        valid_logits, quality = _valid_logits_and_targets(logits, targets, targets.pred_iou)
+        return quality_focal_loss(valid_logits, quality, self.beta, reduction="sum")
+
+
+@RETINANET_EXT_CLS_LOSS_REGISTRY.register()
+class VarifocalLoss:
+    """Summed :func:`varifocal_loss`, targets = IoU of each foreground anchor's decoded box
+    with its ground truth (``MODEL.RETINANET_EXT.VFL_ALPHA``, ``VFL_GAMMA``)."""
+
+    needs_prediction_iou = True
+
+    @configurable
+    def __init__(self, *, alpha: float, gamma: float) -> None:
+        self.alpha = alpha
+        self.gamma = gamma
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        ext = retinanet_ext_node(cfg)
+        return {"alpha": ext.VFL_ALPHA, "gamma": ext.VFL_GAMMA}
+
+    def __call__(self, logits: Tensor, targets: AnchorTargets) -> Tensor:
+        valid_logits, quality = _valid_logits_and_targets(logits, targets, targets.pred_iou)
+        return varifocal_loss(valid_logits, quality, self.alpha, self.gamma, reduction="sum")
 
 
 @RETINANET_EXT_BOX_LOSS_REGISTRY.register()
 class SmoothL1BoxLoss:
-    """Summed :func:`smooth_l1_loss` between predicted and target deltas."""
+    """Summed smooth L1 between predicted and target deltas (beta 0: L1, Detectron2's
+    RetinaNet configs)."""
 
     @configurable
-    def __init__(self, *, beta: float = 0.0) -> None:
+    def __init__(self, *, beta: float) -> None:
         self.beta = beta
 
     @classmethod
@@ -277,12 +307,13 @@ class SmoothL1BoxLoss:
         return smooth_l1_loss(pred_deltas, target_deltas, self.beta, reduction="sum")
 
 
-@RETINANET_EXT_BOX_LOSS_REGISTRY.register()
-class GIoUBoxLoss:
-    """Summed :func:`giou_loss` between decoded predictions and ground truth, times a weight."""
+class DecodedBoxLoss:
+    """Base of box losses on decoded boxes: ``weight * box_loss(decoded, gt)``, summed."""
+
+    box_loss: Callable[..., Tensor]
 
     @configurable
-    def __init__(self, *, weight: float = 1.0) -> None:
+    def __init__(self, *, weight: float) -> None:
         self.weight = weight
 
     @classmethod
@@ -297,7 +328,29 @@ class GIoUBoxLoss:
         box2box_transform: Box2BoxTransform,
     ) -> Tensor:
         pred_boxes = box2box_transform.apply_deltas(pred_deltas, anchors)
-        return self.weight * giou_loss(pred_boxes, gt_boxes, reduction="sum")
+        return self.weight * type(self).box_loss(pred_boxes, gt_boxes, reduction="sum")
+
+
+@RETINANET_EXT_BOX_LOSS_REGISTRY.register()
+class GIoUBoxLoss(DecodedBoxLoss):
+    """Generalised IoU loss (Rezatofighi et al., CVPR 2019), weighted by
+    ``MODEL.RETINANET_EXT.GIOU_LOSS_WEIGHT``."""
+
+    box_loss = staticmethod(giou_loss)
+
+
+@RETINANET_EXT_BOX_LOSS_REGISTRY.register()
+class DIoUBoxLoss(DecodedBoxLoss):
+    """Distance IoU loss (Zheng et al., AAAI 2020), Detectron2's, weighted alike."""
+
+    box_loss = staticmethod(diou_loss)
+
+
+@RETINANET_EXT_BOX_LOSS_REGISTRY.register()
+class CIoUBoxLoss(DecodedBoxLoss):
+    """Complete IoU loss (Zheng et al., AAAI 2020), Detectron2's, weighted alike."""
+
+    box_loss = staticmethod(ciou_loss)
 
 
 @RETINANET_EXT_LOSS_NORMALIZER_REGISTRY.register()
@@ -306,7 +359,7 @@ class EMALossNormalizer:
     two images per GPU the count varies a lot from step to step)."""
 
     @configurable
-    def __init__(self, *, initial_value: float = 100.0, momentum: float = 0.9) -> None:
+    def __init__(self, *, initial_value: float, momentum: float) -> None:
         self.value = float(initial_value)
         self.momentum = float(momentum)
 
@@ -343,7 +396,7 @@ def build_classification_loss(cfg: CfgNode) -> ClassificationLoss:
 
 def build_box_loss(cfg: CfgNode) -> BoxLoss:
     """The box loss named by ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` ("smooth_l1", "giou",
-    or a name in ``RETINANET_EXT_BOX_LOSS_REGISTRY``)."""
+    "diou", "ciou", or a name in ``RETINANET_EXT_BOX_LOSS_REGISTRY``)."""
     loss_type = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE
     name = _BOX_LOSS_TYPES.get(loss_type, loss_type)
     loss_class = get_registered(

@@ -1,28 +1,106 @@
-"""Training targets: each anchor labelled foreground (a class), background or ignored.
+"""Training targets: each anchor assigned a class, background, or ignored.
 
 Paper, Sec. 4 ("Anchors"): IoU >= 0.5 with a ground-truth box is foreground, IoU < 0.4 is
-background, in between is ignored. Thresholds and labels come from
-``MODEL.RETINANET.IOU_THRESHOLDS`` / ``IOU_LABELS``; Detectron2's low-quality matches (every
-ground-truth box also claims its best anchors) from
-``MODEL.RETINANET_EXT.ALLOW_LOW_QUALITY_MATCHES``.
+background, in between is ignored (:class:`IoUAssigner`, Detectron2's ``Matcher`` with
+``MODEL.RETINANET.IOU_THRESHOLDS`` / ``IOU_LABELS`` and, as in Detectron2, low-quality matches:
+every ground-truth box also claims its best anchors). Other assignment rules are registered in
+:data:`RETINANET_EXT_ASSIGNER_REGISTRY` and chosen by ``MODEL.RETINANET_EXT.ASSIGNER``.
+
+An assigner turns anchors and ground truth into :class:`AnchorTargets`, the one object the
+losses read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.registry import Registry
 from torch import Tensor
 
-__all__ = ["IGNORE_LABEL", "build_anchor_matcher", "label_anchors"]
+__all__ = [
+    "IGNORE_LABEL",
+    "RETINANET_EXT_ASSIGNER_REGISTRY",
+    "AnchorTargets",
+    "IoUAssigner",
+    "build_anchor_matcher",
+    "build_assigner",
+    "check_gt_classes",
+    "label_anchors",
+]
 
 IGNORE_LABEL = -1
 """Label of anchors that contribute to no loss."""
+
+RETINANET_EXT_ASSIGNER_REGISTRY = Registry("RETINANET_EXT_ASSIGNER")
+RETINANET_EXT_ASSIGNER_REGISTRY.__doc__ = """
+Anchor assigners, built as ``obj(cfg)`` and called as
+``assigner(anchors: list[Boxes] per level, gt_instances: list[Instances], num_classes)
+-> AnchorTargets``. Chosen by ``MODEL.RETINANET_EXT.ASSIGNER``.
+"""
+
+
+@dataclass
+class AnchorTargets:
+    """What every anchor of a batch should predict (N images, R anchors, K classes).
+
+    Attributes:
+        labels: Tensor[N, R] int64 in {-1 (ignored), 0..K-1 (class), K (background)}.
+        matched_boxes: Tensor[N, R, 4], XYXY pixels, the assigned ground-truth box of each
+            anchor; meaningful only where :attr:`foreground`.
+        anchor_iou: Tensor[N, R], IoU of each anchor with its assigned ground-truth box
+            (0 for images without boxes).
+        num_classes: K.
+        pred_iou: Tensor[N, R] or None: IoU of each anchor's decoded prediction with its
+            ground-truth box, detached, on foreground anchors (0 elsewhere). Filled by the
+            criterion when a loss asks for it (``needs_prediction_iou``).
+    """
+
+    labels: Tensor
+    matched_boxes: Tensor
+    anchor_iou: Tensor
+    num_classes: int
+    pred_iou: Tensor | None = None
+
+    @property
+    def valid(self) -> Tensor:
+        """Tensor[N, R] bool: anchors that take part in the classification loss."""
+        return self.labels >= 0
+
+    @property
+    def foreground(self) -> Tensor:
+        """Tensor[N, R] bool: anchors assigned to a ground-truth box."""
+        return (self.labels >= 0) & (self.labels != self.num_classes)
+
+    def classification_targets(
+        self, quality: Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """Tensor[M, K] over the M valid anchors (in ``labels[valid]`` order): 1 (or the
+        anchor's ``quality``, Tensor[N, R]) at the assigned class, 0 elsewhere."""
+        valid_labels = self.labels[self.valid]
+        targets = torch.zeros(
+            (valid_labels.numel(), self.num_classes), dtype=dtype, device=self.labels.device
+        )
+        rows = torch.nonzero(valid_labels != self.num_classes).squeeze(1)
+        values = 1.0 if quality is None else quality[self.valid][rows].to(targets.dtype)
+        targets[rows, valid_labels[rows]] = values
+        return targets
+
+
+def check_gt_classes(instances: Instances, num_classes: int) -> None:
+    """Ground-truth classes must be in [0, K): a wrong NUM_CLASSES, not a crash in indexing."""
+    classes = instances.gt_classes
+    if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise ValueError(
+            f"gt_classes must be in [0, {num_classes}) (MODEL.RETINANET.NUM_CLASSES), "
+            f"found {sorted(set(classes.tolist()))}."
+        )
 
 
 def build_anchor_matcher(cfg: CfgNode) -> Matcher:
@@ -40,8 +118,8 @@ def label_anchors(
     gt_instances: Sequence[Instances],
     matcher: Matcher,
     num_classes: int,
-) -> tuple[Tensor, Tensor]:
-    """Match anchors to ground-truth boxes, image by image.
+) -> AnchorTargets:
+    """Match anchors to ground-truth boxes by IoU, image by image.
 
     Args:
         anchors: Tensor[R, 4], all anchors of an image (levels concatenated), XYXY pixels.
@@ -49,30 +127,22 @@ def label_anchors(
             (Tensor[G_i] in [0, num_classes)); G_i may be 0.
         matcher: labels each anchor 1 (foreground), 0 (background) or -1 (ignored).
         num_classes: K; background anchors get label K.
-
-    Returns:
-        labels: Tensor[N, R] int64, in {-1 (ignored), 0..K-1 (class), K (background)}.
-        matched_gt_boxes: Tensor[N, R, 4], the matched ground-truth box of each anchor;
-            meaningful only where 0 <= label < K (zeros for images without boxes).
     """
     anchor_boxes = Boxes(anchors)
-    labels, matched_boxes = [], []
+    labels, matched_boxes, anchor_iou = [], [], []
     for instances in gt_instances:
         if len(instances) == 0:
             # No objects: every anchor is background (the matcher's IoU-0 label).
             labels.append(torch.full_like(anchors[:, 0], num_classes, dtype=torch.int64))
             matched_boxes.append(torch.zeros_like(anchors))
+            anchor_iou.append(torch.zeros_like(anchors[:, 0]))
             continue
-        classes = instances.gt_classes
-        if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
-            raise ValueError(
-                f"gt_classes must be in [0, {num_classes}) (MODEL.RETINANET.NUM_CLASSES), "
-                f"found {sorted(set(classes.tolist()))}."
-            )
+        check_gt_classes(instances, num_classes)
         iou = pairwise_iou(instances.gt_boxes, anchor_boxes)  # (G, R)
         matched_idxs, match_labels = matcher(iou)
+        anchor_iou.append(iou.max(dim=0).values)  # the matcher picks the argmax box
         del iou
-        image_labels = classes[matched_idxs].to(torch.int64)
+        image_labels = instances.gt_classes[matched_idxs].to(torch.int64)
         image_labels = torch.where(
             match_labels == 0, torch.full_like(image_labels, num_classes), image_labels
         )
@@ -81,4 +151,35 @@ def label_anchors(
         )
         labels.append(image_labels)
         matched_boxes.append(instances.gt_boxes.tensor[matched_idxs])
-    return torch.stack(labels), torch.stack(matched_boxes)
+    return AnchorTargets(
+        labels=torch.stack(labels),
+        matched_boxes=torch.stack(matched_boxes),
+        anchor_iou=torch.stack(anchor_iou),
+        num_classes=num_classes,
+    )
+
+
+@RETINANET_EXT_ASSIGNER_REGISTRY.register()
+class IoUAssigner:
+    """RetinaNet's IoU thresholds (paper, Sec. 4; Detectron2's default)."""
+
+    @configurable
+    def __init__(self, *, matcher: Matcher) -> None:
+        self.matcher = matcher
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return {"matcher": build_anchor_matcher(cfg)}
+
+    def __call__(
+        self, anchors: Sequence[Boxes], gt_instances: Sequence[Instances], num_classes: int
+    ) -> AnchorTargets:
+        return label_anchors(Boxes.cat(anchors).tensor, gt_instances, self.matcher, num_classes)
+
+
+def build_assigner(cfg: CfgNode):
+    """The assigner named by ``MODEL.RETINANET_EXT.ASSIGNER``."""
+    name = retinanet_ext_node(cfg).ASSIGNER
+    return get_registered(RETINANET_EXT_ASSIGNER_REGISTRY, name, "MODEL.RETINANET_EXT.ASSIGNER")(
+        cfg
+    )

@@ -1,7 +1,12 @@
 """RetinaNet as a Detectron2 meta-architecture, built from our registered components.
 
-Input and output contract, and ``state_dict`` keys, are those of Detectron2's ``RetinaNet``,
-so its trainer, evaluator, data loader and checkpoints work unchanged.
+Detectron2's ``DenseDetector`` does the device handling, pre-processing, the call of the
+backbone and head, the training/inference split and the rescaling of detections; this class
+adds what differs: the criterion (:mod:`.criterion`) for training, the vectorised
+post-processing (:mod:`.postprocess`) for inference, and the training visualisation that
+``VIS_PERIOD`` asks for. Input and output contract, and ``state_dict`` keys, are those of
+Detectron2's ``RetinaNet``, so its trainer, evaluator, data loader and checkpoints work
+unchanged.
 """
 
 from __future__ import annotations
@@ -9,25 +14,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from retinanet_ext.modeling.criterion import RetinaNetCriterion
 from retinanet_ext.modeling.head import build_retinanet_ext_head, flatten_dense_predictions
-from retinanet_ext.modeling.matching import build_anchor_matcher, label_anchors
 from retinanet_ext.modeling.postprocess import decode_detections
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 __all__ = ["RetinaNetExt"]
 
 
 @META_ARCH_REGISTRY.register()
-class RetinaNetExt(nn.Module):
-    """One-stage detector: backbone -> dense head -> focal loss (training) or decoded,
+class RetinaNetExt(DenseDetector):
+    """One-stage detector: backbone -> dense head -> criterion (training) or decoded,
     NMS-filtered detections (inference).
 
     ``forward`` takes a list of dicts, one per image, with ``image`` (Tensor[C, H, W],
@@ -45,60 +50,56 @@ class RetinaNetExt(nn.Module):
         head: nn.Module,
         head_in_features: Sequence[str],
         anchor_generator: nn.Module,
-        anchor_matcher: Matcher,
         box2box_transform: Box2BoxTransform,
+        criterion: RetinaNetCriterion,
         num_classes: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.5,
-        max_detections_per_image: int = 100,
+        test_score_thresh: float,
+        test_topk_candidates: int,
+        test_nms_thresh: float,
+        max_detections_per_image: int,
+        vis_period: int = 0,
         input_format: str = "BGR",
     ) -> None:
         """
         Args:
             backbone: gives the features named in ``head_in_features``.
-            head: dense head with ``forward(features) -> (logits, deltas)`` and ``losses``,
-                see :class:`~retinanet_ext.modeling.head.RetinaNetExtHead`.
+            head: dense head, ``forward(features) -> (logits, deltas)`` per level
+                (see :data:`~.head.RETINANET_EXT_HEAD_REGISTRY`).
             head_in_features: backbone features the head sees, high to low resolution.
             anchor_generator: ``forward(features) -> list[Boxes]`` per level, with
                 ``num_anchors`` per level (ours or Detectron2's).
-            anchor_matcher: labels anchors foreground / background / ignored by IoU.
             box2box_transform: box coding of the head's deltas.
+            criterion: the training losses (:class:`~.criterion.RetinaNetCriterion`).
             num_classes: K.
             pixel_mean, pixel_std: per-channel normalisation, ``(image - mean) / std``.
             test_score_thresh: keep candidates with score above this (per level).
             test_topk_candidates: then at most this many per level.
             test_nms_thresh: IoU above which class-wise NMS suppresses the worse box.
             max_detections_per_image: detections kept per image after NMS.
-            input_format: channel order of the images (for visualisation tools).
+            vis_period: every this many training iterations, draw the ground truth and the
+                predictions of the first image to the event storage (0: never).
+            input_format: channel order of the images ("BGR" or "RGB"), for the drawings.
         """
-        super().__init__()
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
                 f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
                 "must have one value per image channel."
             )
-        self.backbone = backbone
-        self.head = head
-        self.head_in_features = list(head_in_features)
+        super().__init__(
+            backbone, head, list(head_in_features), pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         self.anchor_generator = anchor_generator
-        self.anchor_matcher = anchor_matcher
         self.box2box_transform = box2box_transform
+        self.criterion = criterion
         self.num_classes = num_classes
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.vis_period = vis_period
         self.input_format = input_format
-        # Not persistent, as in Detectron2: they come from the config, not the checkpoint.
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
-        )
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -113,20 +114,22 @@ class RetinaNetExt(nn.Module):
             )
         feature_shapes = [backbone_shapes[name] for name in in_features]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
-        num_anchors = set(anchor_generator.num_anchors)
+        num_anchors = set(anchor_generator.num_cell_anchors)
         if len(num_anchors) != 1:
             raise ValueError(
                 "The head shares its predictors across levels, so every level needs the same "
                 f"number of anchors per location; the anchor generator gives "
-                f"{anchor_generator.num_anchors} (MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS)."
+                f"{anchor_generator.num_cell_anchors} (MODEL.ANCHOR_GENERATOR.SIZES / "
+                "ASPECT_RATIOS)."
             )
+        box2box_transform = Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
         return {
             "backbone": backbone,
             "head": build_retinanet_ext_head(cfg, feature_shapes, num_anchors.pop()),
             "head_in_features": in_features,
             "anchor_generator": anchor_generator,
-            "anchor_matcher": build_anchor_matcher(cfg),
-            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "box2box_transform": box2box_transform,
+            "criterion": RetinaNetCriterion(cfg, box2box_transform),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -134,101 +137,78 @@ class RetinaNetExt(nn.Module):
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: Sequence[dict[str, Any]]) -> ImageList:
-        """Normalise, pad to the backbone's size divisibility and batch the images."""
-        images = [
-            (item["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-            for item in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(
         self, batched_inputs: Sequence[dict[str, Any]]
     ) -> dict[str, Tensor] | list[dict[str, Instances]]:
-        """See the class docstring."""
+        """See the class docstring (the work is ``DenseDetector.forward``'s)."""
         if self.training and any("instances" not in item for item in batched_inputs):
             raise ValueError(
                 "RetinaNetExt in training mode needs 'instances' (ground truth) in every input "
                 "dict; call model.eval() for inference."
             )
-        images = self.preprocess_image(batched_inputs)
-        all_features = self.backbone(images.tensor)
-        features = [all_features[name] for name in self.head_in_features]
-        predictions = self.head(features)
-        if self.training:
-            gt_instances = [item["instances"].to(self.device) for item in batched_inputs]
-            return self.losses(features, predictions, gt_instances)
+        return super().forward(batched_inputs)
 
-        detections = self.detect(features, predictions, images.image_sizes)
-        outputs = []
-        for instances, item, image_size in zip(
-            detections, batched_inputs, images.image_sizes, strict=True
-        ):
-            height = item.get("height", image_size[0])
-            width = item.get("width", image_size[1])
-            outputs.append({"instances": detector_postprocess(instances, height, width)})
-        return outputs
-
-    def _anchors(self, features: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
-        """All anchors, Tensor[R, 4], and the number R_i of each level."""
-        anchor_boxes = self.anchor_generator(features)
-        return torch.cat([boxes.tensor for boxes in anchor_boxes]), [len(b) for b in anchor_boxes]
-
-    def losses(
+    def forward_training(
         self,
-        features: Sequence[Tensor],
-        predictions: tuple[Sequence[Tensor], Sequence[Tensor]],
-        gt_instances: Sequence[Instances],
+        images: ImageList,
+        features: list[Tensor],
+        predictions: tuple[list[Tensor], list[Tensor]],
+        gt_instances: list[Instances],
     ) -> dict[str, Tensor]:
-        """Training losses from the head's per-level ``(logits, deltas)`` and ground truth.
-
-        Args:
-            features: per level, Tensor[N, C, H_i, W_i] (for the anchor grid sizes).
-            predictions: the head's output, see :meth:`RetinaNetExtHead.forward`.
-            gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
-        """
-        anchors, _ = self._anchors(features)
+        """Losses from the head's per-level ``(logits, deltas)`` and the ground truth."""
         logits_per_level, deltas_per_level = predictions
-        gt_labels, gt_boxes = label_anchors(
-            anchors, gt_instances, self.anchor_matcher, self.num_classes
-        )
-        return self.head.losses(
-            anchors,
+        losses = self.criterion(
+            self.anchor_generator(features),
             flatten_dense_predictions(logits_per_level, self.num_classes),
             flatten_dense_predictions(deltas_per_level, 4),
-            gt_labels,
-            gt_boxes,
-            self.box2box_transform,
+            gt_instances,
         )
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            self._visualize(images, features, predictions, gt_instances)
+        return losses
 
-    def detect(
+    def forward_inference(
         self,
-        features: Sequence[Tensor],
-        predictions: tuple[Sequence[Tensor], Sequence[Tensor]],
-        image_sizes: Sequence[tuple[int, int]],
+        images: ImageList,
+        features: list[Tensor],
+        predictions: tuple[list[Tensor], list[Tensor]],
     ) -> list[Instances]:
         """Detections, in input (padded batch) coordinates, from the head's output.
 
         See :func:`~retinanet_ext.modeling.postprocess.decode_detections` for the fields.
         """
-        anchors, anchors_per_level = self._anchors(features)
+        anchor_boxes = self.anchor_generator(features)
         logits_per_level, deltas_per_level = predictions
         return decode_detections(
             flatten_dense_predictions(logits_per_level, self.num_classes),
             flatten_dense_predictions(deltas_per_level, 4),
-            anchors,
-            anchors_per_level,
-            image_sizes,
+            Boxes.cat(anchor_boxes).tensor,
+            [len(boxes) for boxes in anchor_boxes],
+            images.image_sizes,
             self.box2box_transform,
             score_thresh=self.test_score_thresh,
             topk_candidates=self.test_topk_candidates,
             nms_thresh=self.test_nms_thresh,
             max_detections_per_image=self.max_detections_per_image,
         )
+
+    @torch.no_grad()
+    def _visualize(
+        self,
+        images: ImageList,
+        features: list[Tensor],
+        predictions: tuple[list[Tensor], list[Tensor]],
+        gt_instances: list[Instances],
+    ) -> None:
+        """``DenseDetector.visualize_training`` on the first image: its ground truth and best
+        detections, drawn on the image un-normalised from the batch."""
+        height, width = images.image_sizes[0]
+        image = images.tensor[0, :, :height, :width] * self.pixel_std + self.pixel_mean
+        detached = tuple([p.detach() for p in per_level] for per_level in predictions)
+        results = self.forward_inference(images, features, detached)
+        inputs = [{"image": image.cpu(), "instances": gt_instances[0].to("cpu")}]
+        self.visualize_training(inputs, [results[0].to("cpu")])

@@ -112,10 +112,11 @@ def decode_detections(
     anchors_per_level: Sequence[int],
     image_sizes: Sequence[tuple[int, int]],
     box2box_transform: Box2BoxTransform,
-    score_thresh: float = 0.05,
-    topk_candidates: int = 1000,
-    nms_thresh: float = 0.5,
-    max_detections_per_image: int = 100,
+    *,
+    score_thresh: float,
+    topk_candidates: int,
+    nms_thresh: float,
+    max_detections_per_image: int,
 ) -> list[Instances]:
     """Detections of a batch, in the input (padded-batch) coordinates.
 
