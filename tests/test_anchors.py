@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import math
 
-from retinanet_ext.modeling.anchors import (
-    RetinaNetExtAnchorGenerator,
-    expand_octave_scales,
-    generate_cell_anchors,
-)
+from retinanet_ext.modeling.anchors import RetinaNetExtAnchorGenerator, expand_octave_scales
 
 import pytest
 import torch
@@ -127,28 +123,35 @@ def test_built_from_config_like_detectron2() -> None:
         assert torch.equal(ours_level.tensor, theirs_level.tensor)
 
 
-def test_state_dict_has_no_keys_and_buffers_follow_dtype() -> None:
+def test_state_dict_has_no_keys() -> None:
     generator = RetinaNetExtAnchorGenerator(
-        sizes=[32], aspect_ratios=[0.5, 1.0, 2.0], strides=[8, 16]
+        sizes=[32], aspect_ratios=[0.5, 1.0, 2.0], strides=[8, 16], offset=0.0
     )
     assert list(generator.state_dict().keys()) == []
-    generator = generator.double()
-    assert all(cell.dtype == torch.float64 for cell in generator.cell_anchors)
-    anchors, _ = generator.grid_anchors([(2, 2), (1, 1)])
-    assert anchors.dtype == torch.float64 and anchors.shape == (12, 4)
+    anchors, _ = generator(_features([(2, 2), (1, 1)]))
+    assert anchors.tensor.shape == (12, 4)
 
 
 def test_anchor_grids_are_cached_per_size() -> None:
-    generator = RetinaNetExtAnchorGenerator(sizes=[32], aspect_ratios=[1.0], strides=[8])
-    first = generator.grid_anchors([(3, 4)])[0]
-    again = generator.grid_anchors([(3, 4)])[0]
-    other = generator.grid_anchors([(4, 4)])[0]
+    generator = RetinaNetExtAnchorGenerator(
+        sizes=[32], aspect_ratios=[1.0], strides=[8], offset=0.0, max_cached_grids=2
+    )
+    first = generator(_features([(3, 4)]))[0].tensor
+    again = generator(_features([(3, 4)]))[0].tensor
+    other = generator(_features([(4, 4)]))[0].tensor
     assert again is first
     assert other is not first and other.shape == (16, 4)
+    assert generator(_features([(3, 4)]))[0].tensor is first  # now the most recently used
+    generator(_features([(5, 5)]))  # evicts the least recently used, (4, 4)
+    assert generator(_features([(3, 4)]))[0].tensor is first
+    assert generator(_features([(4, 4)]))[0].tensor is not other
 
 
 def test_cell_anchor_areas_and_ratios() -> None:
-    cell = generate_cell_anchors([64.0], [0.5, 1.0, 2.0])
+    generator = RetinaNetExtAnchorGenerator(
+        sizes=[64.0], aspect_ratios=[0.5, 1.0, 2.0], strides=[8], offset=0.0
+    )
+    (cell,) = generator.cell_anchors
     widths, heights = cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]
     torch.testing.assert_close(widths * heights, torch.full((3,), 64.0**2))
     torch.testing.assert_close(heights / widths, torch.tensor([0.5, 1.0, 2.0]))
@@ -156,6 +159,10 @@ def test_cell_anchor_areas_and_ratios() -> None:
 
 def test_mismatched_per_level_lists_are_rejected() -> None:
     with pytest.raises(ValueError, match="2 lists but there are 3 feature levels"):
-        RetinaNetExtAnchorGenerator(sizes=[[32], [64]], aspect_ratios=[1.0], strides=[8, 16, 32])
-    with pytest.raises(ValueError, match="offset"):
+        RetinaNetExtAnchorGenerator(
+            sizes=[[32], [64]], aspect_ratios=[1.0], strides=[8, 16, 32], offset=0.0
+        )
+    with pytest.raises(ValueError, match="OFFSET"):
         RetinaNetExtAnchorGenerator(sizes=[32], aspect_ratios=[1.0], strides=[8], offset=1.0)
+    with pytest.raises(ValueError, match="ASPECT_RATIOS must be non-empty and > 0"):
+        RetinaNetExtAnchorGenerator(sizes=[32], aspect_ratios=[0.0], strides=[8], offset=0.0)

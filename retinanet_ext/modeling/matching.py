@@ -27,8 +27,10 @@ from torch import Tensor
 __all__ = [
     "IGNORE_LABEL",
     "RETINANET_EXT_ASSIGNER_REGISTRY",
+    "ATSSAssigner",
     "AnchorTargets",
     "IoUAssigner",
+    "atss_assign",
     "build_anchor_matcher",
     "build_assigner",
     "check_gt_classes",
@@ -175,6 +177,98 @@ class IoUAssigner:
         self, anchors: Sequence[Boxes], gt_instances: Sequence[Instances], num_classes: int
     ) -> AnchorTargets:
         return label_anchors(Boxes.cat(anchors).tensor, gt_instances, self.matcher, num_classes)
+
+
+@torch.no_grad()
+def atss_assign(
+    anchors_per_level: Sequence[Tensor], gt_boxes: Tensor, topk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Adaptive Training Sample Selection for one image (Zhang et al., CVPR 2020, Alg. 1).
+
+    For each ground-truth box: on every level the ``topk`` anchors whose centres are closest
+    to the box centre are candidates; candidates whose IoU with the box is at least the mean
+    plus the standard deviation of the candidates' IoUs, and whose centre lies inside the
+    box, are positives. An anchor positive for several boxes takes the one of highest IoU.
+
+    Args:
+        anchors_per_level: per level, Tensor[R_i, 4] XYXY pixels.
+        gt_boxes: Tensor[G, 4] XYXY pixels, G >= 1.
+        topk: candidates per level and box (the paper's best: 9).
+
+    Returns:
+        matched_idxs: Tensor[R] int64, the box each anchor is assigned to (its best-IoU box
+            where it is negative); positive: Tensor[R] bool; anchor_iou: Tensor[R], IoU with
+            ``matched_idxs``' box.
+    """
+    anchors = torch.cat(list(anchors_per_level))
+    iou = pairwise_iou(Boxes(gt_boxes), Boxes(anchors))  # (G, R)
+    anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    candidates, start = [], 0
+    for level_anchors in anchors_per_level:
+        distances = torch.cdist(anchor_centres[start : start + len(level_anchors)], gt_centres)
+        k = min(topk, len(level_anchors))
+        candidates.append(distances.topk(k, dim=0, largest=False).indices + start)  # (k, G)
+        start += len(level_anchors)
+    candidates = torch.cat(candidates)  # (C, G)
+    candidate_iou = iou.gather(1, candidates.t()).t()  # (C, G)
+    # mean + standard deviation (unbiased, as the paper's code; 0 for a single candidate)
+    threshold = candidate_iou.mean(dim=0) + candidate_iou.std(dim=0).nan_to_num(0.0)
+    centres = anchor_centres[candidates]  # (C, G, 2)
+    inside = (centres > gt_boxes[None, :, :2]).all(-1) & (centres < gt_boxes[None, :, 2:]).all(-1)
+    is_positive = (candidate_iou >= threshold) & inside
+    positive_iou = torch.full_like(iou, -1.0)
+    gt_index = torch.arange(len(gt_boxes), device=gt_boxes.device).expand_as(candidates)
+    positive_iou[gt_index[is_positive], candidates[is_positive]] = candidate_iou[is_positive]
+    best_positive, matched_positive = positive_iou.max(dim=0)
+    anchor_iou, matched_any = iou.max(dim=0)
+    positive = best_positive >= 0
+    matched_idxs = torch.where(positive, matched_positive, matched_any)
+    anchor_iou = torch.where(positive, best_positive, anchor_iou)
+    return matched_idxs, positive, anchor_iou
+
+
+@RETINANET_EXT_ASSIGNER_REGISTRY.register()
+class ATSSAssigner:
+    """ATSS (see :func:`atss_assign`): every anchor is foreground or background, none ignored;
+    ``MODEL.RETINANET_EXT.ATSS_TOPK`` candidates per level."""
+
+    @configurable
+    def __init__(self, *, topk: int) -> None:
+        if topk < 1:
+            raise ValueError(f"MODEL.RETINANET_EXT.ATSS_TOPK must be >= 1, got {topk}.")
+        self.topk = topk
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return {"topk": retinanet_ext_node(cfg).ATSS_TOPK}
+
+    @torch.no_grad()
+    def __call__(
+        self, anchors: Sequence[Boxes], gt_instances: Sequence[Instances], num_classes: int
+    ) -> AnchorTargets:
+        per_level = [boxes.tensor for boxes in anchors]
+        all_anchors = torch.cat(per_level)
+        labels, matched_boxes, anchor_iou = [], [], []
+        for instances in gt_instances:
+            if len(instances) == 0:
+                labels.append(torch.full_like(all_anchors[:, 0], num_classes, dtype=torch.int64))
+                matched_boxes.append(torch.zeros_like(all_anchors))
+                anchor_iou.append(torch.zeros_like(all_anchors[:, 0]))
+                continue
+            check_gt_classes(instances, num_classes)
+            gt_boxes = instances.gt_boxes.tensor
+            matched_idxs, positive, iou = atss_assign(per_level, gt_boxes, self.topk)
+            image_labels = instances.gt_classes[matched_idxs].to(torch.int64)
+            labels.append(torch.where(positive, image_labels, num_classes))
+            matched_boxes.append(gt_boxes[matched_idxs])
+            anchor_iou.append(iou)
+        return AnchorTargets(
+            labels=torch.stack(labels),
+            matched_boxes=torch.stack(matched_boxes),
+            anchor_iou=torch.stack(anchor_iou),
+            num_classes=num_classes,
+        )
 
 
 def build_assigner(cfg: CfgNode):
