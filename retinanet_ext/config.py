@@ -97,6 +97,14 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # Input of the P6 conv: "res5" (C5; paper and Detectron2) or "p5" (the FPN output).
     ext.P6_IN_FEATURE = "res5"
 
+    # Soft-NMS at inference (Bodla et al., ICCV 2017) instead of NMS: "" (off: class-wise NMS
+    # at MODEL.RETINANET.NMS_THRESH_TEST, the paper's), "linear" (scores of boxes overlapping
+    # a better one by more than NMS_THRESH_TEST decay by 1 - IoU) or "gaussian" (by
+    # exp(-IoU^2 / SIGMA)); boxes whose score falls to MIN_SCORE or below are dropped.
+    ext.SOFT_NMS_METHOD = ""
+    ext.SOFT_NMS_SIGMA = 0.5
+    ext.SOFT_NMS_MIN_SCORE = 0.001
+
     # Anchor sizes per octave: each size x in MODEL.ANCHOR_GENERATOR.SIZES becomes
     # x * 2^(i / n) for i in 0..n-1 (paper, Sec. 4: n = 3 with SIZES [[32], [64], ..., [512]]).
     # 1 uses SIZES as given, which is what Detectron2's Base-RetinaNet.yaml expects (it

@@ -57,6 +57,9 @@ def test_new_config_keys_and_defaults() -> None:
         "LOSS_NORMALIZER_EMA_MOMENTUM": 0.9,
         "ALLOW_LOW_QUALITY_MATCHES": True,
         "P6_IN_FEATURE": "res5",
+        "SOFT_NMS_METHOD": "",
+        "SOFT_NMS_SIGMA": 0.5,
+        "SOFT_NMS_MIN_SCORE": 0.001,
         "ANCHOR_SCALES_PER_OCTAVE": 1,
     }
 

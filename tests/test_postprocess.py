@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from retinanet_ext.modeling.postprocess import (
+    SoftNMS,
     decode_detections,
     select_candidates,
     topk_per_segment,
@@ -126,3 +127,44 @@ def test_no_candidates_gives_empty_instances() -> None:
     )
     assert len(result) == 0
     assert result.pred_boxes.tensor.shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected_second"),
+    [("linear", 0.8 * (1 - 0.6)), ("gaussian", 0.8 * math.exp(-(0.6**2) / 0.5))],
+)
+def test_soft_nms_decays_overlapping_scores_of_the_same_class(method, expected_second) -> None:
+    reference = [0.0, 0.0, 100.0, 100.0]
+    at_06 = [0.0, 0.0, 100.0, 60.0]  # nested: IoU 0.6
+    far = [300.0, 300.0, 310.0, 310.0]
+    settings = SoftNMS(method, sigma=0.5, min_score=0.001)
+    result = _decode_boxes(
+        [reference, at_06, far, reference], [0, 0, 0, 1], [0.9, 0.8, 0.7, 0.6],
+        soft_nms_settings=settings,
+    )
+    # Best first: 0.9; the far box and the other class keep their scores.
+    assert result.scores.tolist() == pytest.approx(
+        sorted([0.9, expected_second, 0.7, 0.6], reverse=True), rel=1e-5
+    )
+    assert result.pred_classes.tolist() == [0, 0, 1, 0]
+
+
+def test_soft_nms_linear_keeps_boxes_below_the_threshold_and_drops_low_scores() -> None:
+    reference = [0.0, 0.0, 100.0, 100.0]
+    at_04 = [0.0, 0.0, 100.0, 40.0]  # IoU 0.4 < 0.5: untouched by the linear decay
+    at_099 = [0.0, 0.0, 100.0, 99.0]  # IoU 0.99: 0.8 * 0.01 = 0.008 < min_score
+    settings = SoftNMS("linear", sigma=0.5, min_score=0.05)
+    result = _decode_boxes(
+        [reference, at_04, at_099], [0, 0, 0], [0.9, 0.85, 0.8], soft_nms_settings=settings
+    )
+    assert result.scores.tolist() == pytest.approx([0.9, 0.85])
+    limited = _decode_boxes(
+        [reference, at_04], [0, 0], [0.9, 0.85], soft_nms_settings=settings,
+        max_detections_per_image=1,
+    )
+    assert len(limited) == 1
+
+
+def test_soft_nms_method_is_checked() -> None:
+    with pytest.raises(ValueError, match="SOFT_NMS_METHOD"):
+        SoftNMS("box", sigma=0.5, min_score=0.001)

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from retinanet_ext.modeling._cfg import retinanet_ext_node
 from retinanet_ext.modeling.criterion import RetinaNetCriterion
 from retinanet_ext.modeling.head import build_retinanet_ext_head, flatten_dense_predictions
-from retinanet_ext.modeling.postprocess import decode_detections
+from retinanet_ext.modeling.postprocess import SoftNMS, decode_detections
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -59,6 +60,7 @@ class RetinaNetExt(DenseDetector):
         test_topk_candidates: int,
         test_nms_thresh: float,
         max_detections_per_image: int,
+        soft_nms: SoftNMS | None = None,
         vis_period: int = 0,
         input_format: str = "BGR",
     ) -> None:
@@ -78,6 +80,7 @@ class RetinaNetExt(DenseDetector):
             test_topk_candidates: then at most this many per level.
             test_nms_thresh: IoU above which class-wise NMS suppresses the worse box.
             max_detections_per_image: detections kept per image after NMS.
+            soft_nms: Soft-NMS settings instead of NMS (None: NMS).
             vis_period: every this many training iterations, draw the ground truth and the
                 predictions of the first image to the event storage (0: never).
             input_format: channel order of the images ("BGR" or "RGB"), for the drawings.
@@ -98,6 +101,7 @@ class RetinaNetExt(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.soft_nms = soft_nms
         self.vis_period = vis_period
         self.input_format = input_format
 
@@ -123,6 +127,10 @@ class RetinaNetExt(DenseDetector):
                 "ASPECT_RATIOS)."
             )
         box2box_transform = Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
+        ext = retinanet_ext_node(cfg)
+        soft_nms = ext.SOFT_NMS_METHOD and SoftNMS(
+            ext.SOFT_NMS_METHOD, ext.SOFT_NMS_SIGMA, ext.SOFT_NMS_MIN_SCORE
+        )
         return {
             "backbone": backbone,
             "head": build_retinanet_ext_head(cfg, feature_shapes, num_anchors.pop()),
@@ -137,6 +145,7 @@ class RetinaNetExt(DenseDetector):
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "soft_nms": soft_nms or None,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
         }
@@ -194,6 +203,7 @@ class RetinaNetExt(DenseDetector):
             topk_candidates=self.test_topk_candidates,
             nms_thresh=self.test_nms_thresh,
             max_detections_per_image=self.max_detections_per_image,
+            soft_nms_settings=self.soft_nms,
         )
 
     @torch.no_grad()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
-__all__ = ["decode_detections", "select_candidates", "topk_per_segment"]
+__all__ = ["SoftNMS", "decode_detections", "select_candidates", "soft_nms", "topk_per_segment"]
 
 # Candidates are preselected on logits with this margin below logit(threshold), then
 # checked exactly on sigmoid(logit) (float32 sigmoid is accurate to far less than this).
@@ -105,6 +106,69 @@ def select_candidates(
     return image_idx, anchor_idx, class_idx, scores
 
 
+@dataclass(frozen=True)
+class SoftNMS:
+    """Soft-NMS settings (Bodla et al., ICCV 2017): instead of removing a box that overlaps a
+    better one of its class, decay its score: ``"linear"``, by (1 - IoU) where IoU exceeds the
+    NMS threshold, or ``"gaussian"``, by exp(-IoU^2 / sigma). Boxes whose score falls to
+    ``min_score`` or below are dropped."""
+
+    method: str
+    sigma: float
+    min_score: float
+
+    def __post_init__(self) -> None:
+        if self.method not in ("linear", "gaussian"):
+            raise ValueError(
+                "MODEL.RETINANET_EXT.SOFT_NMS_METHOD must be '' (hard NMS), 'linear' or "
+                f"'gaussian', got {self.method!r}."
+            )
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    settings: SoftNMS,
+    iou_threshold: float,
+    max_detections: int,
+) -> tuple[Tensor, Tensor]:
+    """Class-wise Soft-NMS of one image.
+
+    Args:
+        boxes: Tensor[M, 4] XYXY; scores: Tensor[M]; classes: Tensor[M] int64.
+        settings: the decay (see :class:`SoftNMS`).
+        iou_threshold: where the linear decay starts (the NMS threshold).
+        max_detections: stop after keeping this many.
+
+    Returns:
+        The kept positions into ``boxes``, Tensor[D] int64, best first, and their decayed
+        scores, Tensor[D]. The loop runs once per kept box (at most ``max_detections``).
+    """
+    # Offsetting each class apart makes boxes of different classes never overlap.
+    offsets = classes.to(boxes.dtype) * (boxes.max() - boxes.min() + 1)
+    class_boxes = boxes + offsets[:, None]
+    scores = scores.clone()
+    remaining = torch.nonzero(scores > settings.min_score).squeeze(1)
+    keep, kept_scores = [], []
+    while remaining.numel() and len(keep) < max_detections:
+        best_position = int(scores[remaining].argmax())
+        best = remaining[best_position]
+        keep.append(best)
+        kept_scores.append(scores[best])
+        remaining = torch.cat((remaining[:best_position], remaining[best_position + 1 :]))
+        iou = box_iou(class_boxes[best][None], class_boxes[remaining])[0]
+        if settings.method == "linear":
+            decay = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        else:
+            decay = torch.exp(-(iou * iou) / settings.sigma)
+        scores[remaining] *= decay
+        remaining = remaining[scores[remaining] > settings.min_score]
+    if not keep:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device), scores[:0]
+    return torch.stack(keep), torch.stack(kept_scores)
+
+
 def decode_detections(
     logits: Tensor,
     deltas: Tensor,
@@ -117,6 +181,7 @@ def decode_detections(
     topk_candidates: int,
     nms_thresh: float,
     max_detections_per_image: int,
+    soft_nms_settings: SoftNMS | None = None,
 ) -> list[Instances]:
     """Detections of a batch, in the input (padded-batch) coordinates.
 
@@ -131,6 +196,7 @@ def decode_detections(
         nms_thresh: NMS suppresses a box whose IoU with a better box of the same class
             exceeds this.
         max_detections_per_image: keep this many best detections after NMS.
+        soft_nms_settings: Soft-NMS instead of NMS (None: class-wise NMS, the paper's).
 
     Returns:
         Per image, Instances with ``pred_boxes`` (Boxes[D], XYXY, not clipped),
@@ -149,13 +215,20 @@ def decode_detections(
         class_idx.split(counts),
         strict=True,
     ):
-        keep = batched_nms(image_boxes.float(), image_scores, image_classes, nms_thresh)
-        keep = keep[:max_detections_per_image]
+        if soft_nms_settings is None:
+            keep = batched_nms(image_boxes.float(), image_scores, image_classes, nms_thresh)
+            keep = keep[:max_detections_per_image]
+            kept_scores = image_scores[keep]
+        else:
+            keep, kept_scores = soft_nms(
+                image_boxes.float(), image_scores, image_classes, soft_nms_settings,
+                nms_thresh, max_detections_per_image,
+            )
         results.append(
             Instances(
                 tuple(image_size),
                 pred_boxes=Boxes(image_boxes[keep]),
-                scores=image_scores[keep],
+                scores=kept_scores,
                 pred_classes=image_classes[keep],
             )
         )
