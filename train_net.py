@@ -20,7 +20,14 @@ import sys
 
 import retinanet_ext  # noqa: F401  (applies the Detectron2 bridges, registers components)
 from retinanet_ext import compat
-from retinanet_ext.data import DatasetError, check_data, check_num_classes, register_dataset_spec
+from retinanet_ext.data import (
+    DatasetError,
+    check_data,
+    check_num_classes,
+    formats_help,
+    register_dataset_spec,
+    spec_grammar,
+)
 from retinanet_ext.engine import (
     CheckpointError,
     ConfigError,
@@ -48,9 +55,8 @@ def build_parser():
         action="append",
         default=[],
         metavar="NAME=FORMAT:PATH[:...]",
-        help="register a dataset before training; repeatable. FORMAT is coco "
-        "(NAME=coco:JSON:IMAGE_ROOT), voc (NAME=voc:ROOT:SPLIT) or csv "
-        "(NAME=csv:CSV_FILE[:CLASSES_FILE]). Then name it in DATASETS.TRAIN/TEST.",
+        help="register a dataset before training; repeatable; then name it in "
+        f"DATASETS.TRAIN/TEST. Grammar: {spec_grammar()}. Formats: {formats_help()}.",
     )
     parser.add_argument(
         "--check-data",

@@ -368,7 +368,7 @@ def test_parse_dataset_spec():
         ("bccd", "no '='"),
         ("=voc:/data", "name ''"),
         ("my data=voc:/data", "name 'my data'"),
-        ("d=yolo:/data", "unknown format 'yolo'"),
+        ("d=tfrecord:/data", "unknown format 'tfrecord'"),
         ("d=voc", "needs arguments"),
         ("d=coco:only.json", "takes JSON_FILE:IMAGE_ROOT, found 1"),
         ("d=csv:a.csv:b.txt:c", "takes CSV_FILE\\[:CLASSES_FILE\\], found 3"),

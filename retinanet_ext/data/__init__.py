@@ -1,4 +1,4 @@
-"""Datasets for retinanet_ext: register COCO, Pascal VOC and CSV data, and validate it.
+"""Datasets for retinanet_ext: register COCO, Pascal VOC, CSV and YOLO data, and validate it.
 
 One call registers a dataset in Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``
 (standard dataset dicts, ``evaluator_type="coco"``); on first load it is validated
@@ -9,7 +9,9 @@ inverted boxes dropped, with warnings) and summarised::
     register_voc_dataset("bccd_train", "../shared/datasets/bccd/BCCD", "train")
     check_data(["bccd_train"])  # prints images, boxes per class, clipped / dropped
 
-From the command line: ``--dataset NAME=voc:ROOT:SPLIT`` (see :mod:`.spec`).
+From the command line: ``--dataset NAME=voc:ROOT:SPLIT`` (see :mod:`.spec`). The formats
+are a table (:mod:`.formats`): one entry per format, read by the spec parser, the help
+texts and the checks at start.
 """
 
 from retinanet_ext.data.catalog import (
@@ -21,6 +23,15 @@ from retinanet_ext.data.catalog import (
 )
 from retinanet_ext.data.coco import register_coco_dataset
 from retinanet_ext.data.csv_dataset import read_classes_file, register_csv_dataset
+from retinanet_ext.data.formats import (
+    DATASET_FORMATS,
+    DatasetFormat,
+    SpecField,
+    dataset_paths,
+    formats_help,
+    register_format,
+    spec_grammar,
+)
 from retinanet_ext.data.spec import (
     SPEC_GRAMMAR,
     DatasetSpec,
@@ -30,15 +41,21 @@ from retinanet_ext.data.spec import (
 from retinanet_ext.data.split import make_split
 from retinanet_ext.data.validation import DatasetError, DatasetSummary
 from retinanet_ext.data.voc import list_voc_ids, register_voc_dataset
+from retinanet_ext.data.yolo import register_yolo_dataset
 
 __all__ = [
+    "DATASET_FORMATS",
     "DatasetError",
+    "DatasetFormat",
     "DatasetSpec",
     "DatasetSummary",
     "SPEC_GRAMMAR",
+    "SpecField",
     "check_data",
     "check_num_classes",
     "dataset_classes",
+    "dataset_paths",
+    "formats_help",
     "list_voc_ids",
     "make_split",
     "parse_dataset_spec",
@@ -46,7 +63,10 @@ __all__ = [
     "register_coco_dataset",
     "register_csv_dataset",
     "register_dataset_spec",
+    "register_format",
     "register_voc_dataset",
+    "register_yolo_dataset",
+    "spec_grammar",
     "unregister_dataset",
     "validate_dataset",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from retinanet_ext.data.formats import FORMAT_METADATA_KEY, get_format
 from retinanet_ext.data.validation import (
     DatasetError,
     DatasetSummary,
@@ -49,6 +50,7 @@ def register_validated(
     key: tuple,
     source: str,
     metadata: dict[str, Any],
+    data_format: str,
 ) -> None:
     """Register ``name`` in Detectron2's catalogs with validation on first load.
 
@@ -60,12 +62,15 @@ def register_validated(
             key it is an error.
         source: a short description for messages, e.g. ``"voc: /data/BCCD (train)"``.
         metadata: set on ``MetadataCatalog.get(name)`` now (``evaluator_type`` is added).
+        data_format: the format's name in :data:`.formats.DATASET_FORMATS`, recorded in
+            the metadata so that the checks at start find the files to look for.
 
     Raises:
         DatasetError: ``name`` is empty, or already registered with different arguments.
     """
     if not name or not isinstance(name, str):
         raise DatasetError(f"A dataset name must be a non-empty string, got {name!r}.")
+    get_format(data_format)  # an unknown format is a programming error, found here
     existing = _REGISTRATIONS.get(name)
     if existing is not None and existing.key == key:
         return
@@ -84,7 +89,9 @@ def register_validated(
         return copy.deepcopy(registration.records)
 
     DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(evaluator_type="coco", **metadata)
+    MetadataCatalog.get(name).set(
+        evaluator_type="coco", **{FORMAT_METADATA_KEY: data_format}, **metadata
+    )
 
 
 def _ensure_loaded(name: str) -> _Registration:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from retinanet_ext.data.catalog import register_validated
+from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError
 
 from detectron2.structures import BoxMode
@@ -154,5 +155,19 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> str:
         key=("coco", json_file, image_root),
         source=f"coco: {json_file}",
         metadata={"json_file": json_file, "image_root": image_root},
+        data_format="coco",
     )
     return name
+
+
+register_format(DatasetFormat(
+    name="coco",
+    register=register_coco_dataset,
+    fields=(
+        SpecField("json_file", "JSON_FILE", required=True),
+        SpecField("image_root", "IMAGE_ROOT", required=True),
+    ),
+    example="mine=coco:annotations/instances.json:images",
+    description="COCO instances JSON and its image folder",
+    path_keys=("json_file", "image_root"),
+))

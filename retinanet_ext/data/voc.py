@@ -1,18 +1,23 @@
 """Pascal VOC XML annotations (and VOC-like folders) as registered Detectron2 datasets.
 
-Two layouts are understood:
+Layouts understood, the folders found by name unless given (``annotations_dir`` /
+``images_dir``, or ``annotations=DIR`` / ``images=DIR`` in a spec):
 
 * Pascal VOC: ``ROOT/Annotations/<id>.xml``, ``ROOT/JPEGImages/<id>.jpg`` and splits in
   ``ROOT/ImageSets/Main/<split>.txt`` (bccd).
-* VOC-like, without ``ImageSets``: ``ROOT/annotations/*.xml`` and ``ROOT/images/``
-  (facemask). Use every file (``split=None``), pass ``ids``, or a reproducible random
-  split such as ``split="train@train=0.8,val=0.2,seed=0"`` (see :mod:`.split`).
+* VOC-like, without ``ImageSets``: the XML files in the first of ``Annotations``,
+  ``annotations``, ``annots``, ``labels``, ``xml`` that holds any, the images in the first of
+  ``JPEGImages``, ``images``, ``imgs`` that exists (facemask: ``annotations/`` + ``images/``).
+  Use every file (``split=None``), pass ``ids``, or a reproducible random split such as
+  ``split="train@train=0.8,val=0.2,seed=0"`` (see :mod:`.split`).
+* LabelImg's own layout: each image's XML beside it, all in ``ROOT``.
 
-Box coordinates are used as written, as absolute XYXY pixels. (Detectron2's own
-``load_voc_instances`` subtracts 1 from ``xmin``/``ymin`` for the original 1-based VOC
-files; the label tools behind bccd and facemask write edge coordinates, e.g. bccd's
-``ymax=480`` on a 480-pixel-high image, so no shift is applied.) ``difficult`` objects
-are kept, as Detectron2 does.
+An image is ``<id>`` with a common image extension, or the XML's ``<filename>``, in the
+images folder (else beside the XML). Box coordinates are used as written, as absolute
+XYXY pixels. (Detectron2's own ``load_voc_instances`` subtracts 1 from ``xmin``/``ymin``
+for the original 1-based VOC files; the label tools behind bccd and facemask write edge
+coordinates, e.g. bccd's ``ymax=480`` on a 480-pixel-high image, so no shift is applied.)
+``difficult`` objects are kept, as Detectron2 does.
 """
 
 from __future__ import annotations
@@ -24,12 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from retinanet_ext.data.catalog import register_validated
+from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.split import parse_random_split
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError
 
 from detectron2.structures import BoxMode
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+_IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG",
+)
+ANNOTATION_FOLDERS = ("Annotations", "annotations", "annots", "labels", "xml")
+"""Where the XML files are looked for, in this order (the first folder holding any)."""
+IMAGE_FOLDERS = ("JPEGImages", "images", "imgs")
+"""Where the images are looked for, in this order (the first folder that exists)."""
 
 
 @dataclass
@@ -110,20 +122,60 @@ def parse_voc_xml(path: str) -> VocAnnotation:
     )
 
 
-def _resolve_dir(root: str, given: str | None, defaults: Sequence[str], what: str) -> str:
-    if given is not None:
-        path = os.path.join(root, given)
-        if not os.path.isdir(path):
-            raise DatasetError(f"VOC {what} folder not found: {path}.")
-        return path
-    for candidate in defaults:
-        path = os.path.join(root, candidate)
-        if os.path.isdir(path):
-            return path
-    raise DatasetError(
-        f"No VOC {what} folder in {root}: expected one of {list(defaults)} (or pass "
-        f"{what}_dir=...)."
-    )
+def _has_xml(folder: str) -> bool:
+    try:
+        return any(f.endswith(".xml") for f in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def _given_dir(root: str, given: str, what: str) -> str:
+    path = os.path.normpath(os.path.join(root, given))
+    if not os.path.isdir(path):
+        raise DatasetError(f"VOC {what} folder not found: {path}.")
+    return path
+
+
+def resolve_voc_layout(
+    root: str, annotations_dir: str | None = None, images_dir: str | None = None
+) -> tuple[str, str]:
+    """The annotations and images folders of a VOC dataset (see the module docstring).
+
+    Args:
+        root: the dataset folder.
+        annotations_dir, images_dir: given folders, relative to ``root`` (or absolute).
+
+    Returns:
+        (annotations folder, images folder), absolute.
+
+    Raises:
+        DatasetError: a given folder does not exist, or no folder holds XML files; the
+            message lists the names looked for and the folders found.
+    """
+    if annotations_dir is not None:
+        annotations = _given_dir(root, annotations_dir, "annotations")
+    else:
+        found = [os.path.join(root, n) for n in ANNOTATION_FOLDERS
+                 if os.path.isdir(os.path.join(root, n))]
+        with_xml = [path for path in found if _has_xml(path)]
+        if with_xml:
+            annotations = with_xml[0]
+        elif _has_xml(root):
+            annotations = root  # LabelImg: each XML beside its image
+        else:
+            folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+            raise DatasetError(
+                f"No VOC annotations in {root}: expected .xml files in one of "
+                f"{list(ANNOTATION_FOLDERS)} or in {root} itself (LabelImg); found folders "
+                f"{folders or 'none'}. Name the folders with annotations=DIR and images=DIR "
+                "(or annotations_dir= / images_dir= in Python)."
+            )
+    if images_dir is not None:
+        images = _given_dir(root, images_dir, "images")
+    else:
+        candidates = [os.path.join(root, n) for n in IMAGE_FOLDERS]
+        images = next((path for path in candidates if os.path.isdir(path)), annotations)
+    return annotations, images
 
 
 def list_voc_ids(annotations_dir: str) -> list[str]:
@@ -169,15 +221,19 @@ def _resolve_ids(
 
 
 def _find_image(images_dir: str, image_id: str, filename: str | None, xml_path: str) -> str:
-    candidates = [os.path.join(images_dir, image_id + ext) for ext in _IMAGE_EXTENSIONS]
+    folders = list(dict.fromkeys([images_dir, os.path.dirname(xml_path)]))
+    names = [image_id + ext for ext in _IMAGE_EXTENSIONS]
     if filename:
-        candidates.append(os.path.join(images_dir, os.path.basename(filename)))
+        names.append(os.path.basename(filename))
+    candidates = [os.path.join(folder, n) for folder in folders for n in names]
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
     raise DatasetError(
         f"Image file not found for {xml_path}: expected {candidates[0]} (also tried "
-        f"{', '.join(os.path.basename(c) for c in candidates[1:])})."
+        f"{', '.join(os.path.basename(c) for c in names[1:])}"
+        + (f" in {' and '.join(folders)}" if len(folders) > 1 else "")
+        + ")."
     )
 
 
@@ -269,10 +325,10 @@ def register_voc_dataset(
             random split ``PART@NAME=FRACTION,...[,seed=SEED]`` (see :mod:`.split`).
         class_names: class names in contiguous-id order; an object of another class is
             an error. ``None``: the sorted names found in the folder's XML files.
-        annotations_dir: the XML folder, relative to ``root``; default ``Annotations``,
-            else ``annotations``.
-        images_dir: the image folder, relative to ``root``; default ``JPEGImages``, else
-            ``images``.
+        annotations_dir: the XML folder, relative to ``root``; default: the first of
+            :data:`ANNOTATION_FOLDERS` holding XML files, else ``root`` (LabelImg).
+        images_dir: the image folder, relative to ``root``; default: the first of
+            :data:`IMAGE_FOLDERS` that exists, else the XML folder.
         ids: explicit image ids instead of ``split`` (e.g. from :func:`.make_split`).
 
     Returns:
@@ -284,9 +340,7 @@ def register_voc_dataset(
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise DatasetError(f"VOC dataset folder not found: {root} (dataset '{name}').")
-    annotations_path = _resolve_dir(root, annotations_dir, ("Annotations", "annotations"),
-                                    "annotations")
-    images_path = _resolve_dir(root, images_dir, ("JPEGImages", "images"), "images")
+    annotations_path, images_path = resolve_voc_layout(root, annotations_dir, images_dir)
     image_ids = _resolve_ids(root, annotations_path, split, ids)
     if not image_ids:
         raise DatasetError(f"VOC dataset '{name}' in {root} (split {split!r}) has no images.")
@@ -310,5 +364,24 @@ def register_voc_dataset(
              None if fixed_classes is None else tuple(fixed_classes)),
         source=f"voc: {root}" + (f" ({split})" if split else ""),
         metadata=metadata,
+        data_format="voc",
     )
     return name
+
+
+register_format(DatasetFormat(
+    name="voc",
+    register=register_voc_dataset,
+    fields=(
+        SpecField("root", "ROOT", required=True),
+        SpecField("split", "SPLIT"),
+        SpecField("annotations_dir", "DIR", positional=False, key="annotations"),
+        SpecField("images_dir", "DIR", positional=False, key="images"),
+    ),
+    example="pets=voc:data/pets:train",
+    description=(
+        "Pascal VOC XML, folders found by name (Annotations, annots, ...; JPEGImages, "
+        "images, ...) or LabelImg's XML beside each image"
+    ),
+    path_keys=("dirname", "image_root"),
+))

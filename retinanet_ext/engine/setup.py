@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from retinanet_ext.config import get_retinanet_ext_cfg
+from retinanet_ext.data.formats import dataset_paths
 
 import torch
 import yaml
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,9 @@ def resolve_device(cfg: CfgNode) -> str:
 
 
 def _dataset_paths(name: str) -> list[tuple[str, str]]:
-    """(what, path) pairs a registered dataset reads, from its metadata."""
-    metadata = MetadataCatalog.get(name)
-    paths = []
-    for key in ("json_file", "image_root", "dirname", "csv_file"):
-        value = metadata.get(key, None)
-        if isinstance(value, str) and value:
-            paths.append((key, value))
-    return paths
+    """(what, path) pairs a registered dataset reads: its format's entry in the format
+    table names the metadata keys (``retinanet_ext.data.formats.dataset_paths``)."""
+    return dataset_paths(name)
 
 
 def check_datasets_available(dataset_names: list[str] | tuple[str, ...]) -> None:
