@@ -33,6 +33,7 @@ from retinanet_ext.engine import (
     ConfigError,
     MissingDatasetError,
     Trainer,
+    TrainingDivergedError,
     check_datasets_available,
     evaluate,
     load_config,
@@ -40,6 +41,8 @@ from retinanet_ext.engine import (
     resolve_device,
 )
 
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -75,37 +78,80 @@ def register_datasets(specs: list[str]) -> list[str]:
     return [register_dataset_spec(spec) for spec in specs]
 
 
+class UsageError(Exception):
+    """Flags that cannot be used together."""
+
+
+def check_flags(args) -> None:
+    """Refuse flag combinations that cannot work, before anything runs or is written."""
+    if args.demo:
+        given = {
+            "--dataset": bool(args.dataset),
+            "--eval-only": args.eval_only,
+            "--resume": args.resume,
+            "--check-data": args.check_data,
+            "--num-gpus": args.num_gpus != 1,
+            "--num-machines": args.num_machines != 1,
+            "--machine-rank": args.machine_rank != 0,
+        }
+        conflicting = [flag for flag, used in given.items() if used]
+        if conflicting:
+            raise UsageError(
+                "--demo trains and evaluates the built-in demo end to end, on its own data in "
+                f"one process; it cannot be combined with {', '.join(conflicting)}. Run "
+                "train_net.py without --demo for your own data."
+            )
+    if args.check_data and (args.eval_only or args.resume):
+        flag = "--eval-only" if args.eval_only else "--resume"
+        raise UsageError(f"--check-data validates the datasets and trains nothing; drop {flag}.")
+
+
 def setup(args) -> CfgNode:
     """Load and check the config; fail on a missing dataset before anything is written."""
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg)
     cfg.freeze()
-    if not args.check_data:
-        datasets = list(cfg.DATASETS.TEST)
-        if not args.eval_only:
-            datasets = list(cfg.DATASETS.TRAIN) + datasets
-        check_datasets_available(datasets)
-        try:
-            check_num_classes(cfg, datasets)
-        except DatasetError:
-            raise
-        except ValueError as error:  # NUM_CLASSES disagrees with the data
-            raise ConfigError(str(error)) from error
+    datasets = list(cfg.DATASETS.TEST)
+    if not args.eval_only:
+        datasets = list(cfg.DATASETS.TRAIN) + datasets
+    check_datasets_available(datasets)
+    try:
+        check_num_classes(cfg, datasets)
+    except DatasetError:
+        raise
+    except ValueError as error:  # NUM_CLASSES disagrees with the data
+        raise ConfigError(str(error)) from error
     default_setup(cfg, args)
     # Dataset warnings (clipped or dropped boxes) go to the console and OUTPUT_DIR/log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_ext")
     return cfg
 
 
+def run_check_data(args) -> None:
+    """``--check-data``: validate the datasets and print their summaries; write nothing."""
+    register_datasets(args.dataset)
+    cfg = load_config(args.config_file, args.opts)
+    setup_logger(name="retinanet_ext")  # warnings to the console only
+    check_data(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+
+
+def weights_to_evaluate(cfg: CfgNode, resume: bool) -> str:
+    """``MODEL.WEIGHTS``, or with ``--resume`` OUTPUT_DIR's last checkpoint where there is one
+    (as Detectron2's own train_net.py does)."""
+    if resume:
+        checkpointer = DetectionCheckpointer(torch.nn.Module(), cfg.OUTPUT_DIR)
+        if checkpointer.has_checkpoint():
+            return checkpointer.get_checkpoint_file()
+        logger.info("--resume: no checkpoint in %s; evaluating MODEL.WEIGHTS", cfg.OUTPUT_DIR)
+    return cfg.MODEL.WEIGHTS
+
+
 def main(args) -> dict | None:
     register_datasets(args.dataset)
     cfg = setup(args)
-    if args.check_data:
-        check_data(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-        return None
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        load_weights(model, weights_to_evaluate(cfg, args.resume))
         return evaluate(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -125,8 +171,12 @@ def run_demo(args) -> None:
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_flags(args)
         if args.demo:
             run_demo(args)
+            return 0
+        if args.check_data:
+            run_check_data(args)
             return 0
         compat.launch(
             main,
@@ -136,7 +186,8 @@ def cli(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, MissingDatasetError, CheckpointError, DatasetError) as error:
+    except (UsageError, ConfigError, MissingDatasetError, CheckpointError, DatasetError,
+            TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
