@@ -333,65 +333,22 @@ def generate_synthetic_dataset(
     class_frequencies = [float(f) for f in class_frequencies]
     if len(class_frequencies) != len(CLASS_NAMES):
         raise ValueError(f"need {len(CLASS_NAMES)} class frequencies, got {class_frequencies}")
-    probs = np.asarray(class_frequencies, dtype=np.float64)
-    probs = probs / probs.sum()
     params = _params(num_train, num_val, image_size, seed, objects_per_image, object_size,
                      class_frequencies, clutter, noise, class_colour_prob)
     paths = _split_paths(output_dir)
     manifest_path = os.path.join(output_dir, _MANIFEST)
-
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        if manifest.get("params") == params and all(
-            os.path.isfile(p["json_file"]) for p in paths.values()
-        ):
-            manifest["reused"] = True
-            manifest["output_dir"] = output_dir
-            return manifest
-        os.remove(manifest_path)  # stale or different: regenerate
+    reused = _existing_manifest(manifest_path, params, paths)
+    if reused is not None:
+        return {**reused, "output_dir": output_dir, "reused": True}
 
     os.makedirs(output_dir, exist_ok=True)
     splits_info: dict[str, Any] = {}
     class_counts: dict[str, dict[str, int]] = {}
     for split, n_images in (("train", num_train), ("val", num_val)):
-        image_root = paths[split]["image_root"]
-        if os.path.isdir(image_root):
-            shutil.rmtree(image_root)
-        os.makedirs(image_root)
-        images, annotations = [], []
-        counts = np.zeros(len(CLASS_NAMES), dtype=np.int64)
-        for index in range(n_images):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], index]))
-            img, objects = _render_image(rng, image_size, objects_per_image, object_size,
-                                         probs, clutter, noise, class_colour_prob)
-            file_name = f"{index:06d}.png"
-            if not cv2.imwrite(os.path.join(image_root, file_name), img):
-                raise OSError(f"could not write {os.path.join(image_root, file_name)}")
-            image_id = index + 1
-            images.append({"id": image_id, "file_name": file_name,
-                           "height": image_size[0], "width": image_size[1]})
-            for class_id, (x0, y0, x1, y1), area in objects:
-                counts[class_id] += 1
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": class_id + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": area,
-                    "iscrowd": 0,
-                })
-        coco = {
-            "info": {"description": f"retinanet_ext synthetic shapes, {split} split",
-                     "version": str(GENERATOR_VERSION)},
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                           for i, name in enumerate(CLASS_NAMES)],
-        }
+        images, annotations, counts = _render_split(paths[split]["image_root"], split, n_images,
+                                                    params)
         with open(paths[split]["json_file"], "w") as f:
-            json.dump(coco, f)
+            json.dump(_coco_json(split, images, annotations), f)
         splits_info[split] = {**paths[split], "num_images": n_images,
                               "num_annotations": len(annotations)}
         class_counts[split] = {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)}
@@ -401,6 +358,75 @@ def generate_synthetic_dataset(
         json.dump(manifest, f, indent=2)
     os.replace(manifest_path + ".tmp", manifest_path)
     return {**manifest, "output_dir": output_dir, "reused": False}
+
+
+def _existing_manifest(
+    manifest_path: str, params: dict[str, Any], paths: dict[str, dict[str, str]]
+) -> dict[str, Any] | None:
+    """The manifest of a data set already generated with ``params``; a stale one is removed."""
+    if not os.path.isfile(manifest_path):
+        return None
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    if manifest.get("params") == params and all(
+        os.path.isfile(p["json_file"]) for p in paths.values()
+    ):
+        return manifest
+    os.remove(manifest_path)  # stale or different: regenerate
+    return None
+
+
+def _render_split(
+    image_root: str, split: str, num_images: int, params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
+    """Render one split's images into ``image_root``; returns its COCO images, annotations
+    and the object count per class."""
+    if os.path.isdir(image_root):
+        shutil.rmtree(image_root)
+    os.makedirs(image_root)
+    probs = np.asarray(params["class_frequencies"], dtype=np.float64)
+    probs = probs / probs.sum()
+    image_size = tuple(params["image_size"])
+    images, annotations = [], []
+    counts = np.zeros(len(CLASS_NAMES), dtype=np.int64)
+    for index in range(num_images):
+        seed = np.random.SeedSequence([params["seed"], _SPLIT_IDS[split], index])
+        img, objects = _render_image(
+            np.random.default_rng(seed), image_size, tuple(params["objects_per_image"]),
+            tuple(params["object_size"]), probs, params["clutter"], params["noise"],
+            params["class_colour_prob"],
+        )
+        file_name = f"{index:06d}.png"
+        if not cv2.imwrite(os.path.join(image_root, file_name), img):
+            raise OSError(f"could not write {os.path.join(image_root, file_name)}")
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": file_name,
+                       "height": image_size[0], "width": image_size[1]})
+        for class_id, (x0, y0, x1, y1), area in objects:
+            counts[class_id] += 1
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": class_id + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": area,
+                "iscrowd": 0,
+            })
+    return images, annotations, counts
+
+
+def _coco_json(
+    split: str, images: list[dict[str, Any]], annotations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "info": {"description": f"retinanet_ext synthetic shapes, {split} split",
+                 "version": str(GENERATOR_VERSION)},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                       for i, name in enumerate(CLASS_NAMES)],
+    }
 
 
 def register_synthetic_dataset(
