@@ -33,7 +33,7 @@ def read_metrics(path: str) -> dict[str, list[tuple[int, float]]]:
     ``path`` is a run's OUTPUT_DIR or its ``metrics.json``. Lines that are not JSON (a
     line cut short by a running training) are skipped with a warning.
     """
-    file = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+    file = path if path.endswith(".json") else os.path.join(path, "metrics.json")
     if not os.path.isfile(file):
         raise MetricsError(f"{file} does not exist (train_net.py writes it to OUTPUT_DIR)")
     curves: dict[str, list[tuple[int, float]]] = {key: [] for key, _ in CURVES}

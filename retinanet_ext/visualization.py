@@ -82,7 +82,7 @@ def draw_boxes(
     for i in order:
         color = class_color(class_ids[i])
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, cv2.LINE_8)
         text = _label(int(class_ids[i]), class_names,
                       None if scores is None else float(scores[i]))
         _draw_label(canvas, text, (x1, y1), color, font_scale, thickness)

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
                            f"({error}); pip install onnx onnxscript onnxruntime") from error
     except OSError as error:
         raise CommandError(f"cannot write {args.output}: {error}") from error
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     print(f"exported {args.format} to {path}")
     if not args.verify:
         return 0

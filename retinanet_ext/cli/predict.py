@@ -20,6 +20,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,9 @@ from typing import Any
 from retinanet_ext.cli import CommandError, add_config_arguments
 
 HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
+
+#: A config override's key, e.g. MODEL.WEIGHTS (the KEY of trailing KEY VALUE pairs).
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -55,6 +59,12 @@ def reparse_trailing_flags(args: argparse.Namespace,
         if value != defaults[key]:
             setattr(args, key, value)
     args.opts = rest
+    for key, value in vars(args).items():  # `--input a.jpg MODEL.WEIGHTS w`: the pair is
+        if isinstance(value, list) and key != "opts":  # an override, not two inputs
+            keys = [i for i, item in enumerate(value) if _CONFIG_KEY.fullmatch(str(item))]
+            if keys:
+                setattr(args, key, value[: keys[0]])
+                args.opts = list(args.opts) + value[keys[0]:]
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:

@@ -154,6 +154,9 @@ def export_model(predictor: Predictor, path: str | os.PathLike, format: str = "o
                          f"{sorted(EXPORT_FORMATS)}")
     if format == "onnx" and opset < 17:
         raise ValueError(f"ONNX opset {opset}: 17 or later is needed")
+    if getattr(predictor.model, "soft_nms", None):
+        raise ValueError("the exported runtime does hard NMS only: export with "
+                         "MODEL.RETINANET_EXT.SOFT_NMS_METHOD '' (Soft-NMS is not exported)")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = export_metadata(predictor)

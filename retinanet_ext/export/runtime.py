@@ -339,7 +339,8 @@ class _OpenVINOBackend:
                      .metadata_props}
             text = props.get(METADATA_KEY)
         self.metadata = _parse_metadata(text, path)
-        self.compiled = core.compile_model(model, device)
+        # float32 throughout: OpenVINO would otherwise pick bf16 on CPUs that have it.
+        self.compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         result = self.compiled(images)

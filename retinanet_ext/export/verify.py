@@ -8,6 +8,7 @@ something even on images where the model detects nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,7 @@ def verify_export(
         result = exported(image_rgb, rgb=True, score_thresh=score_thresh)
         classes_equal, box_diff, score_diff = compare_detections(reference, result)
         report.images.append(ImageParity(
-            name=file_name or f"sample_{index}",
+            name=os.path.basename(file_name) if file_name else f"sample_{index}",
             input_size=tuple(image_rgb.shape[:2]),
             network_size=tuple(exported.preprocess(image_rgb).shape[1:]),
             num_reference=len(reference), num_exported=len(result),
