@@ -28,6 +28,12 @@ setup(
         "termcolor>=1.1",
         "tqdm>4.29.0",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        # retinanet-ext export --format onnx, and predict --model model.onnx
+        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # predict --model with OpenVINO (reads the exported .onnx)
+        "openvino": ["openvino>=2024.0", "onnx>=1.17"],
+    },
     entry_points={"console_scripts": ["retinanet-ext=retinanet_ext.cli:main"]},
 )
