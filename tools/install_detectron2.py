@@ -1,7 +1,15 @@
 """Install Detectron2 into the running interpreter's environment.
 
-Two routes, chosen automatically (override with RETINANET_EXT_DETECTRON2_ROUTE):
+Three routes. A local wheel is used when one is named; otherwise the route is chosen
+automatically (override with RETINANET_EXT_DETECTRON2_ROUTE):
 
+* ``wheel``: a Detectron2 wheel built once from source (``python setup.py bdist_wheel``)
+  and kept, named by ``--wheel PATH`` or ``RETINANET_EXT_DETECTRON2_WHEEL=PATH``. It is
+  installed with ``--no-deps``, plus Detectron2's run-time dependencies from
+  ``requirements/detectron2.txt``; then ``import detectron2._C`` is tried beside the
+  installed torch. A wheel that does not fit (its tags name another Python or
+  platform, or its extension was built against another torch) is uninstalled again
+  and reported in one line, with exit status 3.
 * ``source``: Detectron2's official GitHub repository, compiled with its C++
   extension ``detectron2._C``. The normal route for a user with internet access.
 * ``pypi``: the v0.6 release from PyPI (``pb1-detectron2==0.6``: the Python code
@@ -11,8 +19,11 @@ Two routes, chosen automatically (override with RETINANET_EXT_DETECTRON2_ROUTE):
   the result is an ordinary distribution (``pip show``/``pip uninstall`` work).
   ``retinanet_ext.compat`` bridges the missing extension at import time.
 
-Usage: ``python tools/install_detectron2.py [--route auto|source|pypi] [--force]``.
-Idempotent: does nothing when an importable detectron2 distribution is installed.
+Usage: ``python tools/install_detectron2.py [--route auto|source|pypi] [--wheel PATH]
+[--force]``; ``--find-wheel DIR`` prints the first wheel in DIR whose tags fit this
+interpreter (exit status 1 and one line on stderr when none does).
+Idempotent: does nothing when an importable detectron2 distribution is installed
+(for ``--wheel``: when that same wheel is installed and its extension imports).
 """
 
 from __future__ import annotations
@@ -20,11 +31,14 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import importlib
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import urllib.parse
 import urllib.request
@@ -35,7 +49,11 @@ PYPI_NAME = "pb1-detectron2"
 PYPI_VERSION = "0.6"
 # sha256 of pb1-detectron2-0.6.tar.gz as served by the registry; checked before building.
 PYPI_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-CONSTRAINTS = Path(__file__).resolve().parent.parent / "requirements" / "torch.txt"
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements"
+CONSTRAINTS = REQUIREMENTS / "torch.txt"
+# Detectron2's run-time dependencies, for a wheel installed with --no-deps.
+WHEEL_DEPENDENCIES = REQUIREMENTS / "detectron2.txt"
+WHEEL_DOES_NOT_FIT = 3  # exit status: the named wheel cannot be used with this torch/Python
 
 # Runs the sdist's own setup.py with its compiled extension removed. The package
 # data of detectron2.model_zoo (its YAML configs) is listed explicitly because the
@@ -142,15 +160,144 @@ def install_from_pypi(work_dir: Path) -> None:
     pip("install", "-c", str(CONSTRAINTS), wheel)
 
 
-def main() -> None:
+class WheelDoesNotFit(Exception):
+    """The named Detectron2 wheel cannot be used beside this torch/Python."""
+
+
+def wheel_tag_mismatch(wheel: Path) -> str | None:
+    """Why WHEEL's file-name tags rule out this interpreter, or None if they allow it.
+
+    A pre-check only (PEP 427 name: ``NAME-VER[-BUILD]-PY-ABI-PLATFORM.whl``): the torch
+    the extension was built against is not in the name; :func:`extension_error` checks it.
+    """
+    parts = wheel.name[: -len(".whl")].split("-")
+    if not wheel.name.endswith(".whl") or len(parts) not in (5, 6):
+        return f"{wheel.name} is not a wheel file name (NAME-VERSION-PY-ABI-PLATFORM.whl)"
+    python_tags, abi_tags, platform_tags = (set(part.split(".")) for part in parts[-3:])
+    major, minor = sys.version_info[:2]
+    cpython = f"cp{major}{minor}"
+    if not python_tags & {cpython, f"py{major}{minor}", f"py{major}"}:
+        return f"{wheel.name} is for {'/'.join(sorted(python_tags))}, not Python {major}.{minor}"
+    if not abi_tags & {cpython, "abi3", "none"}:
+        return f"{wheel.name} has ABI {'/'.join(sorted(abi_tags))}, not {cpython}"
+    platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    arch = platform.split("_", 1)[-1]
+    if not any(
+        tag in ("any", platform) or (platform.startswith("linux") and
+                                     re.fullmatch(rf"(many|musl)linux\w*_{arch}", tag))
+        for tag in platform_tags
+    ):
+        return f"{wheel.name} is for {'/'.join(sorted(platform_tags))}, not {platform}"
+    return None
+
+
+def find_wheel(folder: Path) -> Path | None:
+    """The newest Detectron2 wheel in FOLDER whose tags fit this interpreter."""
+    candidates = sorted(folder.glob("detectron2-*.whl"), key=lambda p: p.stat().st_mtime)
+    fitting = [wheel for wheel in candidates if wheel_tag_mismatch(wheel) is None]
+    return fitting[-1] if fitting else None
+
+
+def extension_error() -> str | None:
+    """None if ``import detectron2._C`` works beside the installed torch, else why not."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch, detectron2._C"], capture_output=True, text=True
+    )
+    if probe.returncode == 0:
+        return None
+    lines = probe.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {probe.returncode}"
+
+
+def installed_from(wheel: Path) -> bool:
+    """Whether the installed ``detectron2`` came from WHEEL (same path, same sha256)."""
+    importlib.invalidate_caches()
+    try:
+        direct_url = importlib.metadata.distribution("detectron2").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    record = json.loads(direct_url or "{}")
+    if record.get("url") != wheel.as_uri():
+        return False
+    recorded = record.get("archive_info", {}).get("hashes", {}).get("sha256")
+    return recorded is None or recorded == hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+def uninstall_detectron2() -> None:
+    for name in ("detectron2", PYPI_NAME):
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pip("uninstall", "-y", "-q", name)
+        importlib.invalidate_caches()
+
+
+def install_wheel(wheel: Path, force: bool) -> None:
+    """Install a local Detectron2 wheel with --no-deps plus Detectron2's dependencies.
+
+    Raises :class:`WheelDoesNotFit` (after uninstalling it again) when its extension
+    does not import beside the installed torch.
+    """
+    wheel = wheel.resolve()
+    if not wheel.is_file():
+        raise WheelDoesNotFit(f"{wheel}: no such file")
+    mismatch = wheel_tag_mismatch(wheel)
+    if mismatch:
+        raise WheelDoesNotFit(mismatch)
+    if not force and installed_from(wheel) and extension_error() is None:
+        log(f"{wheel.name} already installed from {wheel.parent}; nothing to do")
+        return
+    pip("install", "-q", "-c", str(CONSTRAINTS), "-r", str(WHEEL_DEPENDENCIES))
+    uninstall_detectron2()  # e.g. pb1-detectron2: two distributions must not share detectron2/
+    pip("install", "-q", "--no-deps", "--force-reinstall", str(wheel))
+    error = extension_error()
+    if error is not None:
+        uninstall_detectron2()
+        import torch
+
+        raise WheelDoesNotFit(
+            f"{wheel.name} does not fit torch {torch.__version__} / Python "
+            f"{sys.version.split()[0]}: 'import detectron2._C' failed ({error}); uninstalled it"
+        )
+    log(f"installed {wheel.name}; detectron2._C imports beside torch")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--route",
         choices=("auto", "source", "pypi"),
         default=os.environ.get("RETINANET_EXT_DETECTRON2_ROUTE", "auto"),
     )
+    parser.add_argument(
+        "--wheel",
+        type=Path,
+        default=os.environ.get("RETINANET_EXT_DETECTRON2_WHEEL") or None,
+        help="install this local Detectron2 wheel (default: $RETINANET_EXT_DETECTRON2_WHEEL)",
+    )
+    parser.add_argument("--find-wheel", type=Path, metavar="DIR",
+                        help="print the first wheel in DIR that fits this Python, then exit")
     parser.add_argument("--force", action="store_true", help="reinstall even if present")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.find_wheel is not None:
+        found = find_wheel(args.find_wheel)
+        if found is None:
+            python = sys.version.split()[0]
+            sys.exit(f"no Detectron2 wheel for Python {python} in {args.find_wheel}")
+        print(found)
+        return
+    if args.wheel is not None:
+        try:
+            install_wheel(Path(args.wheel), args.force)
+        except WheelDoesNotFit as error:
+            print(f"[install_detectron2] error: {error}", file=sys.stderr, flush=True)
+            sys.exit(WHEEL_DOES_NOT_FIT)
+        return
 
     present = installed_distribution()
     if present and not args.force:
