@@ -17,6 +17,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_report_header(config) -> list[str]:
+    """Which Detectron2 build the suite runs on (./run test runs it on each route)."""
+    import sys
+
+    from retinanet_ext import compat
+
+    return [compat.describe_detectron2(), f"python: {sys.executable}"]
+
+
 def shared_datasets_root() -> Path:
     """Where the shared real datasets live: $RETINANET_EXT_DATASETS or ../shared/datasets."""
     return Path(os.environ.get("RETINANET_EXT_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
