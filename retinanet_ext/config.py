@@ -97,6 +97,13 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # Input of the P6 conv: "res5" (C5; paper and Detectron2) or "p5" (the FPN output).
     ext.P6_IN_FEATURE = "res5"
 
+    # Numeric precision of the backbone and head (retinanet_ext/modeling/precision.py):
+    # "float32" (exact), "bfloat16" (CUDA, or a CPU with native bf16: AVX512-BF16/AMX; refused
+    # elsewhere), "float16" (CUDA; training also needs SOLVER.AMP.ENABLED for its gradient
+    # scaler) or "auto" (bfloat16 where native, else float32 with a warning). Anchors,
+    # decoding, NMS and the losses stay float32.
+    ext.PRECISION = "float32"
+
     # Soft-NMS at inference (Bodla et al., ICCV 2017) instead of NMS: "" (off: class-wise NMS
     # at MODEL.RETINANET.NMS_THRESH_TEST, the paper's), "linear" (scores of boxes overlapping
     # a better one by more than NMS_THRESH_TEST decay by 1 - IoU) or "gaussian" (by
@@ -110,6 +117,12 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # 1 uses SIZES as given, which is what Detectron2's Base-RetinaNet.yaml expects (it
     # lists the three scales per level itself).
     ext.ANCHOR_SCALES_PER_OCTAVE = 1
+
+    # Engine keys (not the model's): training, checkpoints.
+    cfg.RETINANET_EXT = CfgNode()
+    # Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, the newest ones; 0 keeps
+    # all. model_final.pth and the one last_checkpoint names are never removed.
+    cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP = 0
     return cfg
 
 

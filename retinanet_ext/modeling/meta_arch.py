@@ -18,6 +18,7 @@ from retinanet_ext.modeling._cfg import retinanet_ext_node
 from retinanet_ext.modeling.criterion import RetinaNetCriterion
 from retinanet_ext.modeling.head import build_retinanet_ext_head, flatten_dense_predictions
 from retinanet_ext.modeling.postprocess import SoftNMS, decode_detections
+from retinanet_ext.modeling.precision import autocast_dtype, network_autocast, post_head_float32
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -61,6 +62,7 @@ class RetinaNetExt(DenseDetector):
         test_nms_thresh: float,
         max_detections_per_image: int,
         soft_nms: SoftNMS | None = None,
+        precision: str = "float32",
         vis_period: int = 0,
         input_format: str = "BGR",
     ) -> None:
@@ -81,6 +83,8 @@ class RetinaNetExt(DenseDetector):
             test_nms_thresh: IoU above which class-wise NMS suppresses the worse box.
             max_detections_per_image: detections kept per image after NMS.
             soft_nms: Soft-NMS settings instead of NMS (None: NMS).
+            precision: "float32", or autocast of the backbone and head to "bfloat16",
+                "float16" (CUDA) or "auto" (see :mod:`.precision`); the rest stays float32.
             vis_period: every this many training iterations, draw the ground truth and the
                 predictions of the first image to the event storage (0: never).
             input_format: channel order of the images ("BGR" or "RGB"), for the drawings.
@@ -102,6 +106,8 @@ class RetinaNetExt(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.soft_nms = soft_nms
+        self.precision = precision
+        self._autocast_dtypes: dict[str, torch.dtype | None] = {}
         self.vis_period = vis_period
         self.input_format = input_format
 
@@ -128,6 +134,7 @@ class RetinaNetExt(DenseDetector):
             )
         box2box_transform = Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
         ext = retinanet_ext_node(cfg)
+        autocast_dtype(ext.PRECISION, torch.device(cfg.MODEL.DEVICE).type)  # refuse early
         soft_nms = ext.SOFT_NMS_METHOD and SoftNMS(
             ext.SOFT_NMS_METHOD, ext.SOFT_NMS_SIGMA, ext.SOFT_NMS_MIN_SCORE
         )
@@ -146,6 +153,7 @@ class RetinaNetExt(DenseDetector):
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "soft_nms": soft_nms or None,
+            "precision": ext.PRECISION,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
         }
@@ -159,7 +167,11 @@ class RetinaNetExt(DenseDetector):
                 "RetinaNetExt in training mode needs 'instances' (ground truth) in every input "
                 "dict; call model.eval() for inference."
             )
-        return super().forward(batched_inputs)
+        device_type = self.device.type
+        if device_type not in self._autocast_dtypes:
+            self._autocast_dtypes[device_type] = autocast_dtype(self.precision, device_type)
+        with network_autocast(self._autocast_dtypes[device_type], device_type):
+            return super().forward(batched_inputs)
 
     def forward_training(
         self,
@@ -170,12 +182,13 @@ class RetinaNetExt(DenseDetector):
     ) -> dict[str, Tensor]:
         """Losses from the head's per-level ``(logits, deltas)`` and the ground truth."""
         logits_per_level, deltas_per_level = predictions
-        losses = self.criterion(
-            self.anchor_generator(features),
-            flatten_dense_predictions(logits_per_level, self.num_classes),
-            flatten_dense_predictions(deltas_per_level, 4),
-            gt_instances,
-        )
+        with post_head_float32(self.device.type):
+            losses = self.criterion(
+                self.anchor_generator(features),
+                flatten_dense_predictions(logits_per_level, self.num_classes).float(),
+                flatten_dense_predictions(deltas_per_level, 4).float(),
+                gt_instances,
+            )
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             self._visualize(images, features, predictions, gt_instances)
         return losses
@@ -192,19 +205,20 @@ class RetinaNetExt(DenseDetector):
         """
         anchor_boxes = self.anchor_generator(features)
         logits_per_level, deltas_per_level = predictions
-        return decode_detections(
-            flatten_dense_predictions(logits_per_level, self.num_classes),
-            flatten_dense_predictions(deltas_per_level, 4),
-            Boxes.cat(anchor_boxes).tensor,
-            [len(boxes) for boxes in anchor_boxes],
-            images.image_sizes,
-            self.box2box_transform,
-            score_thresh=self.test_score_thresh,
-            topk_candidates=self.test_topk_candidates,
-            nms_thresh=self.test_nms_thresh,
-            max_detections_per_image=self.max_detections_per_image,
-            soft_nms_settings=self.soft_nms,
-        )
+        with post_head_float32(self.device.type):
+            return decode_detections(
+                flatten_dense_predictions(logits_per_level, self.num_classes).float(),
+                flatten_dense_predictions(deltas_per_level, 4).float(),
+                Boxes.cat(anchor_boxes).tensor,
+                [len(boxes) for boxes in anchor_boxes],
+                images.image_sizes,
+                self.box2box_transform,
+                score_thresh=self.test_score_thresh,
+                topk_candidates=self.test_topk_candidates,
+                nms_thresh=self.test_nms_thresh,
+                max_detections_per_image=self.max_detections_per_image,
+                soft_nms_settings=self.soft_nms,
+            )
 
     @torch.no_grad()
     def _visualize(

@@ -1,0 +1,116 @@
+"""MODEL.RETINANET_EXT.PRECISION: which dtype where, refusals on CPUs without native bf16,
+and bf16 models that still detect like the float32 one."""
+
+from __future__ import annotations
+
+from retinanet_ext.modeling import precision
+
+import pytest
+import torch
+from _modeling_helpers import make_instances, random_image, retinanet_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+native_bf16 = pytest.mark.skipif(
+    not precision.cpu_bf16_flags(),
+    reason=f"this {precision.cpu_description()} has no native bf16: bf16 would be emulated",
+)
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend the CPU has the given native bf16 flags."""
+
+    def set_flags(*flags: str) -> None:
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: tuple(flags))
+
+    return set_flags
+
+
+def test_float32_is_no_autocast_everywhere() -> None:
+    assert precision.autocast_dtype("float32", "cpu") is None
+    assert precision.autocast_dtype("float32", "cuda") is None
+
+
+def test_bf16_on_a_cpu_with_native_bf16(cpu_flags) -> None:
+    cpu_flags("amx_bf16")
+    assert precision.autocast_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert precision.autocast_dtype("auto", "cpu") is torch.bfloat16
+
+
+def test_bf16_refused_on_a_cpu_without_it_and_auto_falls_back(cpu_flags, caplog) -> None:
+    cpu_flags()
+    with pytest.raises(ValueError) as error:
+        precision.autocast_dtype("bfloat16", "cpu")
+    message = str(error.value)
+    assert "CPU capability" in message and "no avx512_bf16/amx_bf16" in message
+    assert "float32" in message and "auto" in message and "onnxruntime" in message
+    assert precision.autocast_dtype("auto", "cpu") is None
+    assert "no native bf16, running float32" in caplog.text
+
+
+def test_float16_needs_cuda_and_unknown_names_are_refused(cpu_flags) -> None:
+    cpu_flags("avx512_bf16")
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        precision.autocast_dtype("float16", "cpu")
+    assert precision.autocast_dtype("float16", "cuda") is torch.float16
+    with pytest.raises(ValueError, match="PRECISION = 'half'"):
+        precision.autocast_dtype("half", "cpu")
+
+
+def test_model_build_refuses_bf16_without_native_support(cpu_flags) -> None:
+    cpu_flags()
+    cfg = retinanet_cfg(ours=True, num_classes=3)
+    cfg.MODEL.RETINANET_EXT.PRECISION = "bfloat16"
+    with pytest.raises(ValueError, match="no native bf16"):
+        build_model(cfg)
+
+
+def _pair(num_classes: int = 3):
+    torch.manual_seed(0)
+    cfg = retinanet_cfg(ours=True, num_classes=num_classes)
+    fp32 = build_model(cfg)
+    cfg.MODEL.RETINANET_EXT.PRECISION = "bfloat16"
+    bf16 = build_model(cfg)
+    bf16.load_state_dict(fp32.state_dict())
+    return fp32, bf16
+
+
+@native_bf16
+def test_bf16_inference_runs_the_network_in_bf16_and_detects_like_float32() -> None:
+    fp32, bf16 = _pair()
+    head_dtypes = []
+    bf16.head.register_forward_hook(lambda m, i, out: head_dtypes.append(out[0][0].dtype))
+    inputs = [{"image": random_image(160, 224, seed=1)}]
+    for model in (fp32, bf16):
+        model.eval()
+        with torch.no_grad():
+            model.head.cls_score.bias.fill_(-2.0)  # plenty of detections
+    with torch.no_grad():
+        ours = bf16(inputs)[0]["instances"]
+        reference = fp32(inputs)[0]["instances"]
+    assert head_dtypes == [torch.bfloat16]
+    assert ours.scores.dtype == torch.float32 and ours.pred_boxes.tensor.dtype == torch.float32
+    # An untrained model's scores are nearly tied, so NMS may keep a few other boxes.
+    assert len(reference) >= 90 and abs(len(ours) - len(reference)) <= 10
+    # bf16 keeps ~3 significant digits: the best scores agree to 1e-2
+    torch.testing.assert_close(ours.scores[:10], reference.scores[:10], rtol=0, atol=1e-2)
+
+
+@native_bf16
+def test_bf16_training_step_gives_float32_losses_close_to_float32() -> None:
+    fp32, bf16 = _pair()
+    inputs = [{
+        "image": random_image(128, 160, seed=2),
+        "instances": make_instances((128, 160), [[10, 20, 70, 90], [60, 30, 150, 120]], [1, 2]),
+    }]
+    losses = {}
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        model.train()
+        with EventStorage():
+            losses[name] = model(inputs)
+        sum(losses[name].values()).backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    for key, value in losses["fp32"].items():
+        assert losses["bf16"][key].dtype == torch.float32
+        assert losses["bf16"][key].item() == pytest.approx(value.item(), rel=0.05)
