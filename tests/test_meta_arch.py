@@ -57,6 +57,7 @@ def test_new_config_keys_and_defaults() -> None:
         "LOSS_NORMALIZER_EMA_MOMENTUM": 0.9,
         "ALLOW_LOW_QUALITY_MATCHES": True,
         "P6_IN_FEATURE": "res5",
+        "PRECISION": "float32",
         "SOFT_NMS_METHOD": "",
         "SOFT_NMS_SIGMA": 0.5,
         "SOFT_NMS_MIN_SCORE": 0.001,
