@@ -103,6 +103,12 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # scaler) or "auto" (bfloat16 where native, else float32 with a warning). Anchors,
     # decoding, NMS and the losses stay float32.
     ext.PRECISION = "float32"
+    # Channels-last memory layout for the backbone, head and input batch (float32 outputs
+    # equal to rounding, not bit for bit; see benchmarks/results for where it is faster).
+    ext.CHANNELS_LAST = False
+    # torch.compile the backbone and head (not the post-processing, whose shapes vary): the
+    # first forward at each new input shape compiles (tens of seconds on a CPU).
+    ext.COMPILE = False
 
     # Soft-NMS at inference (Bodla et al., ICCV 2017) instead of NMS: "" (off: class-wise NMS
     # at MODEL.RETINANET.NMS_THRESH_TEST, the paper's), "linear" (scores of boxes overlapping
@@ -123,6 +129,19 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, the newest ones; 0 keeps
     # all. model_final.pth and the one last_checkpoint names are never removed.
     cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP = 0
+
+    # Exponential moving average of the weights, evaluated instead of them during and after
+    # training and saved in checkpoints as "ema" (retinanet_ext/engine/ema.py). Off: the
+    # paper evaluates the trained weights.
+    cfg.RETINANET_EXT.EMA = CfgNode()
+    cfg.RETINANET_EXT.EMA.ENABLED = False
+    # EMA_t = d_t * EMA_(t-1) + (1 - d_t) * weights_t, d_t = DECAY * (1 - exp(-t / WARMUP_ITERS))
+    # (YOLOv5's and timm's values). The ramp keeps the random initialisation out of the
+    # average in short runs (a constant 0.9998 leaves it 92 % of the EMA after 400
+    # iterations); the average spans about 1 / (1 - d_t) steps, so for a run of a few hundred
+    # iterations lower both (e.g. DECAY 0.99, WARMUP_ITERS 100). WARMUP_ITERS 0: constant DECAY.
+    cfg.RETINANET_EXT.EMA.DECAY = 0.9998
+    cfg.RETINANET_EXT.EMA.WARMUP_ITERS = 2000
     return cfg
 
 

@@ -58,6 +58,8 @@ def test_new_config_keys_and_defaults() -> None:
         "ALLOW_LOW_QUALITY_MATCHES": True,
         "P6_IN_FEATURE": "res5",
         "PRECISION": "float32",
+        "CHANNELS_LAST": False,
+        "COMPILE": False,
         "SOFT_NMS_METHOD": "",
         "SOFT_NMS_SIGMA": 0.5,
         "SOFT_NMS_MIN_SCORE": 0.001,
@@ -228,3 +230,44 @@ def test_runs_on_cuda() -> None:
         (output,) = model([{"image": random_image(128, 160, seed=4)}])
     assert output["instances"].pred_boxes.tensor.device.type == "cuda"
     assert len(output["instances"]) > 0
+
+
+def test_channels_last_gives_the_float32_detections() -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    torch.manual_seed(0)
+    reference = build_model(cfg).eval()
+    cfg.MODEL.RETINANET_EXT.CHANNELS_LAST = True
+    channels_last = build_model(cfg).eval()
+    channels_last.load_state_dict(reference.state_dict())
+    conv = channels_last.head.cls_subnet[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    inputs = [{"image": random_image(128, 160, seed=4)}]
+    with torch.no_grad():
+        for model in (reference, channels_last):
+            model.head.cls_score.bias.fill_(-1.0)
+        ours = channels_last(inputs)[0]["instances"]
+        theirs = reference(inputs)[0]["instances"]
+    assert len(ours) == len(theirs) > 0
+    torch.testing.assert_close(ours.scores, theirs.scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor, rtol=0,
+                               atol=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_network_keeps_keys_and_detections() -> None:
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.MODEL.RETINANET.NUM_CONVS = 1
+    torch.manual_seed(0)
+    reference = build_model(cfg).eval()
+    cfg.MODEL.RETINANET_EXT.COMPILE = True
+    compiled = build_model(cfg).eval()
+    assert list(compiled.state_dict()) == list(reference.state_dict())
+    compiled.load_state_dict(reference.state_dict())
+    inputs = [{"image": random_image(96, 128, seed=4)}]
+    with torch.no_grad():
+        for model in (reference, compiled):
+            model.head.cls_score.bias.fill_(-1.0)
+        ours = compiled(inputs)[0]["instances"]
+        theirs = reference(inputs)[0]["instances"]
+    assert len(ours) == len(theirs) > 0
+    torch.testing.assert_close(ours.scores, theirs.scores, rtol=0, atol=1e-4)

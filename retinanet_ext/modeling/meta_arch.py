@@ -63,6 +63,8 @@ class RetinaNetExt(DenseDetector):
         max_detections_per_image: int,
         soft_nms: SoftNMS | None = None,
         precision: str = "float32",
+        channels_last: bool = False,
+        compile_network: bool = False,
         vis_period: int = 0,
         input_format: str = "BGR",
     ) -> None:
@@ -85,6 +87,9 @@ class RetinaNetExt(DenseDetector):
             soft_nms: Soft-NMS settings instead of NMS (None: NMS).
             precision: "float32", or autocast of the backbone and head to "bfloat16",
                 "float16" (CUDA) or "auto" (see :mod:`.precision`); the rest stays float32.
+            channels_last: backbone, head and input batch in channels-last memory layout.
+            compile_network: ``torch.compile`` the backbone and the head in place (state-dict
+                keys unchanged); post-processing, whose shapes vary, is not compiled.
             vis_period: every this many training iterations, draw the ground truth and the
                 predictions of the first image to the event storage (0: never).
             input_format: channel order of the images ("BGR" or "RGB"), for the drawings.
@@ -108,6 +113,13 @@ class RetinaNetExt(DenseDetector):
         self.soft_nms = soft_nms
         self.precision = precision
         self._autocast_dtypes: dict[str, torch.dtype | None] = {}
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self.head.to(memory_format=torch.channels_last)
+        if compile_network:
+            self.backbone.compile(dynamic=True)
+            self.head.compile(dynamic=True)
         self.vis_period = vis_period
         self.input_format = input_format
 
@@ -154,6 +166,8 @@ class RetinaNetExt(DenseDetector):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "soft_nms": soft_nms or None,
             "precision": ext.PRECISION,
+            "channels_last": ext.CHANNELS_LAST,
+            "compile_network": ext.COMPILE,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
         }
@@ -172,6 +186,13 @@ class RetinaNetExt(DenseDetector):
             self._autocast_dtypes[device_type] = autocast_dtype(self.precision, device_type)
         with network_autocast(self._autocast_dtypes[device_type], device_type):
             return super().forward(batched_inputs)
+
+    def preprocess_image(self, batched_inputs: Sequence[dict[str, Any]]) -> ImageList:
+        """``DenseDetector``'s normalise, pad and batch; channels-last where configured."""
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def forward_training(
         self,
