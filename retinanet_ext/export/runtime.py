@@ -310,6 +310,9 @@ class _OnnxRuntimeBackend:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
+        # No busy-waiting between runs: spinning threads would take the CPU from whatever
+        # the application (or a PyTorch model beside it) does between two images.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             path, options, providers=list(providers or ["CPUExecutionProvider"]))
         props = self.session.get_modelmeta().custom_metadata_map
