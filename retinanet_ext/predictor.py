@@ -65,7 +65,6 @@ class Predictor:
         score_thresh: float | None = None,
         batch_size: int = 8,
     ) -> None:
-        from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
         if isinstance(config, CfgNode):
@@ -81,16 +80,44 @@ class Predictor:
             cfg.MODEL.DEVICE = device
         resolve_device(cfg)
         cfg.freeze()
-        self.cfg = cfg
-        self.model = build_model(cfg).eval()
-        entries = load_weights(self.model, cfg.MODEL.WEIGHTS)
-        self.metadata: ModelMetadata = resolve_metadata(
+        model = build_model(cfg).eval()
+        entries = load_weights(model, cfg.MODEL.WEIGHTS)
+        metadata = resolve_metadata(
             cfg, entries if isinstance(entries, dict) else None, cfg.MODEL.WEIGHTS)
-        if self.metadata.input_format != cfg.INPUT.FORMAT and self.metadata.thing_classes:
+        if metadata.input_format != cfg.INPUT.FORMAT and metadata.thing_classes:
             logger.warning("%s was trained on %s images but INPUT.FORMAT is %s: using %s",
-                           cfg.MODEL.WEIGHTS, self.metadata.input_format, cfg.INPUT.FORMAT,
+                           cfg.MODEL.WEIGHTS, metadata.input_format, cfg.INPUT.FORMAT,
                            cfg.INPUT.FORMAT)
-        self.class_names = self.metadata.class_names(cfg.MODEL.RETINANET.NUM_CLASSES)
+        self._setup(cfg, model, metadata, score_thresh, batch_size)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        cfg: CfgNode,
+        class_names: Sequence[str] | None = None,
+        *,
+        score_thresh: float | None = None,
+        batch_size: int = 8,
+    ) -> Predictor:
+        """A Predictor around a model already in memory (e.g. just trained), no checkpoint.
+
+        ``model`` is used as it is (and put in eval mode); ``class_names`` default to
+        ``class_<id>``; ``cfg`` gives the test resize, input format and score threshold.
+        """
+        self = cls.__new__(cls)
+        metadata = ModelMetadata(list(class_names or []), cfg.INPUT.FORMAT, [])
+        self._setup(cfg, model.eval(), metadata, score_thresh, batch_size)
+        return self
+
+    def _setup(self, cfg: CfgNode, model: torch.nn.Module, metadata: ModelMetadata,
+               score_thresh: float | None, batch_size: int) -> None:
+        from detectron2.data import transforms as T
+
+        self.cfg = cfg
+        self.model = model
+        self.metadata = metadata
+        self.class_names = metadata.class_names(cfg.MODEL.RETINANET.NUM_CLASSES)
         self.input_format = cfg.INPUT.FORMAT
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)

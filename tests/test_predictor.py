@@ -211,3 +211,13 @@ def test_trained_on_a_custom_dataset_names_classes_in_a_fresh_process(
     assert result["classes"] == ["Platelets", "RBC", "WBC"]
     assert result["counts"][0] > 0 and len(set(result["counts"])) == 1
     assert set(result["names"]) <= {"Platelets", "RBC", "WBC"} and result["names"]
+
+
+def test_from_model_wraps_a_model_in_memory(predictor: Predictor) -> None:
+    wrapped = Predictor.from_model(predictor.model, predictor.cfg, ["x", "y", "z"])
+    image = sample_rgb(200, 300, seed=9)
+    ours, theirs = wrapped(image, rgb=True), predictor(image, rgb=True)
+    assert_same(ours, theirs)
+    assert ours.class_names == [["x", "y", "z"][c] for c in ours.class_ids]
+    unnamed = Predictor.from_model(predictor.model, predictor.cfg)
+    assert unnamed.class_names == ["class_0", "class_1", "class_2"]
