@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinanet_ext.data import register_coco_dataset
-from retinanet_ext.data import synthetic
+from retinanet_ext.data import register_coco_dataset, synthetic
 from retinanet_ext.engine import load_config
 
 from detectron2.config import CfgNode
