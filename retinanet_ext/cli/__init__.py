@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "export": "export",
     "plot": "plot",
+    "plot-focal": "plot_focal",
 }
 
 
