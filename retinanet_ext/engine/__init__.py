@@ -1,5 +1,7 @@
 """Training and evaluation: Detectron2's trainer and evaluator, driven by our config."""
 
+from retinanet_ext.engine.config_checks import check_config
+from retinanet_ext.engine.guard import TrainingDivergedError
 from retinanet_ext.engine.setup import (
     ConfigError,
     MissingDatasetError,
@@ -14,6 +16,8 @@ __all__ = [
     "ConfigError",
     "MissingDatasetError",
     "Trainer",
+    "TrainingDivergedError",
+    "check_config",
     "check_datasets_available",
     "evaluate",
     "load_config",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retinanet_ext.config import get_retinanet_ext_cfg
 from retinanet_ext.data.formats import dataset_paths
+from retinanet_ext.engine.config_checks import ConfigError, check_config
 
 import torch
 import yaml
@@ -20,10 +21,6 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed or names a key that does not exist."""
 
 
 class MissingDatasetError(FileNotFoundError):
@@ -49,7 +46,8 @@ def load_config(
 ) -> CfgNode:
     """Detectron2's defaults + retinanet_ext's keys, merged with a YAML file and overrides.
 
-    Config files are read with safe YAML only: ``!!python/...`` tags are refused.
+    Config files are read with safe YAML only: ``!!python/...`` tags are refused. Values
+    are checked (:func:`~retinanet_ext.engine.config_checks.check_config`).
     ``add_keys(cfg)`` adds a tool's own keys before merging (e.g. the demo's ``DEMO.*``).
     Not frozen, so callers may adjust it.
     """
@@ -67,6 +65,7 @@ def load_config(
                 f"command-line overrides must be KEY VALUE pairs; got an odd count: {opts}"
             )
         _merge("command-line override", lambda: cfg.merge_from_list(list(opts)))
+    check_config(cfg)  # values in range, before anything is built (engine/config_checks.py)
     return cfg
 
 

@@ -1,4 +1,6 @@
-"""The project's trainer: Detectron2's ``DefaultTrainer`` with a COCO evaluator for any dataset."""
+"""The project's trainer: Detectron2's ``DefaultTrainer`` with a COCO evaluator for any dataset,
+safe and crash-proof checkpoints (:mod:`retinanet_ext.checkpoint`) and a NaN/Inf guard
+(:mod:`retinanet_ext.engine.guard`)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from collections import OrderedDict
 from typing import Any
 
 from retinanet_ext import compat
+from retinanet_ext.checkpoint import CheckpointError, RetinaNetExtCheckpointer, load_weights
+from retinanet_ext.engine.config_checks import check_config
+from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
@@ -21,9 +25,7 @@ from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or holds no weights of this model."""
+__all__ = ["CheckpointError", "ProgressLoader", "Trainer", "evaluate", "load_weights"]
 
 
 class ProgressLoader:
@@ -58,12 +60,39 @@ class Trainer(DefaultTrainer):
 
     Uses Detectron2's fast evaluator where its compiled extension is installed and
     the official pycocotools one otherwise (same numbers, slower).
+
+    Also: the config is checked before anything is built; checkpoints are read safely and
+    written atomically by :class:`~retinanet_ext.checkpoint.RetinaNetExtCheckpointer`
+    (``--resume`` skips a damaged newest one; ``RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP``);
+    a NaN/Inf loss or gradient stops training with
+    :class:`~retinanet_ext.engine.guard.TrainingDivergedError`.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
+        check_config(cfg)
         super().__init__(cfg)
         # Class names and input format travel in every checkpoint (engine/metadata.py).
         attach_metadata(self.checkpointer, cfg)
+        self.register_hooks([NonFiniteGuard(
+            self.checkpointer.model, self.scheduler.optimizer,
+            cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH)])
+
+    def build_hooks(self) -> list:
+        """Detectron2's hooks, around the project's checkpointer.
+
+        ``DefaultTrainer.__init__`` creates its checkpointer just before it builds the hooks;
+        here it is replaced (same model, folder and checkpointables) before the
+        ``PeriodicCheckpointer`` hook takes it.
+        """
+        if not isinstance(self.checkpointer, RetinaNetExtCheckpointer):
+            self.checkpointer = RetinaNetExtCheckpointer.replacing(
+                self.checkpointer, max_to_keep=self.cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP)
+        return super().build_hooks()
+
+    def train(self) -> OrderedDict | None:
+        """Detectron2's training loop; a divergence is logged in one line, not a traceback."""
+        with quiet_divergence_traceback():
+            return super().train()
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> ProgressLoader:
@@ -80,37 +109,6 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder,
             use_fast_impl=compat.has_compiled_extension(),
         )
-
-
-def load_weights(model: torch.nn.Module, weights: str) -> None:
-    """Load ``weights`` into ``model``, failing clearly on a missing or corrupt file.
-
-    A file that loads but matches none of the model's parameters is refused too: it
-    would otherwise evaluate a randomly initialised model without a word.
-    """
-    if not weights:
-        raise CheckpointError("MODEL.WEIGHTS is empty: give the checkpoint to evaluate")
-    if "://" not in weights and not os.path.isfile(weights):
-        raise CheckpointError(f"checkpoint {weights} does not exist")
-    checkpointer = DetectionCheckpointer(model)
-    try:
-        checkpoint = checkpointer._load_file(weights)
-    except Exception as error:  # torch/pickle raise many types for a damaged file
-        raise CheckpointError(f"checkpoint {weights} could not be read: {error}") from error
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"checkpoint {weights} holds no model weights")
-    model_keys = set(model.state_dict().keys())
-    if checkpoint.get("matching_heuristics", False):
-        matched = True  # Detectron2's .pkl model-zoo files are renamed on load
-    else:
-        matched = any(key in model_keys for key in state)
-    if not matched:
-        raise CheckpointError(
-            f"checkpoint {weights} holds none of this model's parameters (e.g. it has "
-            f"{sorted(state)[:3]}, the model wants {sorted(model_keys)[:3]})"
-        )
-    checkpointer._load_model(checkpoint)
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:
