@@ -20,6 +20,7 @@ import sys
 
 import retinanet_ext  # noqa: F401  (applies the Detectron2 bridges, registers components)
 from retinanet_ext import compat
+from retinanet_ext.analysis import warn_if_poor_anchor_coverage
 from retinanet_ext.data import (
     DatasetError,
     check_data,
@@ -132,7 +133,7 @@ def run_check_data(args) -> None:
     register_datasets(args.dataset)
     cfg = load_config(args.config_file, args.opts)
     setup_logger(name="retinanet_ext")  # warnings to the console only
-    check_data(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    check_data(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), cfg=cfg)
 
 
 def weights_to_evaluate(cfg: CfgNode, resume: bool) -> str:
@@ -153,6 +154,8 @@ def main(args) -> dict | None:
         model = Trainer.build_model(cfg)
         load_weights(model, weights_to_evaluate(cfg, args.resume))
         return evaluate(cfg, model)
+    if comm.is_main_process():  # names each class the anchors miss (analysis/anchors.py)
+        warn_if_poor_anchor_coverage(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

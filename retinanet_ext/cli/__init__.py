@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "export": "export",
     "plot": "plot",
+    "analyze-anchors": "analyze_anchors",
+    "show-data": "show_data",
     "plot-focal": "plot_focal",
 }
 

@@ -20,6 +20,7 @@ from retinanet_ext.data.catalog import (
     dataset_classes,
     unregister_dataset,
     validate_dataset,
+    validated_boxes,
 )
 from retinanet_ext.data.coco import register_coco_dataset
 from retinanet_ext.data.csv_dataset import read_classes_file, register_csv_dataset
@@ -69,4 +70,5 @@ __all__ = [
     "spec_grammar",
     "unregister_dataset",
     "validate_dataset",
+    "validated_boxes",
 ]

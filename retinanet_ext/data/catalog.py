@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from retinanet_ext.data.box_sizes import GroundTruthBoxes, box_size_table, gather_boxes
 from retinanet_ext.data.formats import FORMAT_METADATA_KEY, get_format
 from retinanet_ext.data.validation import (
     DatasetError,
@@ -126,6 +127,23 @@ def _require_registered(name: str) -> None:
         )
 
 
+def _validated(name: str) -> tuple[list[dict[str, Any]], DatasetSummary]:
+    """The validated records of ``name`` and their summary (see :func:`validate_dataset`)."""
+    _require_registered(name)
+    if name in _REGISTRATIONS:
+        registration = _ensure_loaded(name)
+        return registration.records, registration.summary
+    records = DatasetCatalog.get(name)
+    thing_classes = MetadataCatalog.get(name).get("thing_classes")
+    if thing_classes is None:
+        largest = max(
+            (a["category_id"] for r in records for a in r.get("annotations", [])),
+            default=-1,
+        )
+        thing_classes = [f"class_{i}" for i in range(largest + 1)]
+    return validate_records(name, records, thing_classes, source="registered elsewhere")
+
+
 def validate_dataset(name: str, *, decode_images: bool = False) -> DatasetSummary:
     """Load and validate dataset ``name`` now, and return its summary.
 
@@ -141,22 +159,7 @@ def validate_dataset(name: str, *, decode_images: bool = False) -> DatasetSummar
     Raises:
         DatasetError: the dataset is not registered, or an annotation or image is unusable.
     """
-    _require_registered(name)
-    if name in _REGISTRATIONS:
-        registration = _ensure_loaded(name)
-        records, summary = registration.records, registration.summary
-    else:
-        records = DatasetCatalog.get(name)
-        thing_classes = MetadataCatalog.get(name).get("thing_classes")
-        if thing_classes is None:
-            largest = max(
-                (a["category_id"] for r in records for a in r.get("annotations", [])),
-                default=-1,
-            )
-            thing_classes = [f"class_{i}" for i in range(largest + 1)]
-        records, summary = validate_records(
-            name, records, thing_classes, source="registered elsewhere"
-        )
+    records, summary = _validated(name)
     if decode_images:
         failures = []
         for record in records:
@@ -173,11 +176,26 @@ def validate_dataset(name: str, *, decode_images: bool = False) -> DatasetSummar
     return summary
 
 
+def validated_boxes(name: str) -> GroundTruthBoxes:
+    """The non-crowd boxes of dataset ``name`` as arrays (see :mod:`.box_sizes`).
+
+    For datasets registered by this package, the validated ones. Datasets registered
+    elsewhere (Detectron2's built-in COCO, ...) are used as they are, without opening
+    their images; records without ``height``/``width`` are left out.
+    """
+    if name in _REGISTRATIONS:
+        records, _ = _validated(name)
+        return gather_boxes(records)
+    _require_registered(name)
+    return gather_boxes([r for r in DatasetCatalog.get(name) if "height" in r and "width" in r])
+
+
 def check_data(
     names: str | Iterable[str],
     *,
     decode_images: bool = True,
     file: TextIO | None = None,
+    cfg: CfgNode | None = None,
 ) -> list[DatasetSummary]:
     """Validate datasets and print a summary table for each; used by ``--check-data``.
 
@@ -185,6 +203,9 @@ def check_data(
         names: one dataset name or several.
         decode_images: decode every image fully (see :func:`validate_dataset`).
         file: where the tables are printed; standard output by default.
+        cfg: with a config, each table also gives per-class box sizes (min / median / max
+            of sqrt(area)) after its test-time resize (``INPUT.MIN_SIZE_TEST`` /
+            ``MAX_SIZE_TEST``).
 
     Returns:
         One :class:`DatasetSummary` per name, in order.
@@ -196,6 +217,9 @@ def check_data(
     for name in names:
         summary = validate_dataset(name, decode_images=decode_images)
         print(summary.table(), file=out)
+        if cfg is not None:
+            print(box_size_table(validated_boxes(name), summary.thing_classes,
+                                 cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST), file=out)
         summaries.append(summary)
     return summaries
 
