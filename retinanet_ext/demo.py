@@ -156,38 +156,28 @@ def _find_results_file(output_dir: str, dataset_name: str, since: float) -> str 
 
 
 def _draw_predictions(cfg: CfgNode, model, dataset_name: str, out_dir: str) -> list[str]:
-    """Run ``model`` on the first ``DEMO.NUM_VIS_IMAGES`` images of ``dataset_name`` and
-    write them with the predicted boxes (score >= ``DEMO.VIS_SCORE_THRESH``)."""
-    import cv2
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data import transforms as T
-    from detectron2.utils.visualizer import Visualizer
+    """Predict the first ``DEMO.NUM_VIS_IMAGES`` images of ``dataset_name`` with
+    ``retinanet_ext.Predictor`` (scores above ``DEMO.VIS_SCORE_THRESH``) and draw them with
+    :func:`retinanet_ext.visualization.draw_boxes`: what ``retinanet-ext predict`` does."""
+    from retinanet_ext.predictor import Predictor
+    from retinanet_ext.visualization import draw_boxes
+
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
 
     os.makedirs(out_dir, exist_ok=True)
-    metadata = MetadataCatalog.get(dataset_name)
-    dicts = DatasetCatalog.get(dataset_name)[: cfg.DEMO.NUM_VIS_IMAGES]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    written = []
+    files = [r["file_name"] for r in DatasetCatalog.get(dataset_name)[: cfg.DEMO.NUM_VIS_IMAGES]]
     was_training = model.training
-    model.eval()
+    predictor = Predictor.from_model(model, cfg, synthetic.CLASS_NAMES,
+                                     score_thresh=cfg.DEMO.VIS_SCORE_THRESH)
+    written = []
     try:
-        for record in dicts:
-            image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)  # BGR
-            height, width = image.shape[:2]
-            net_input = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
-            net_input = resize.get_transform(net_input).apply_image(net_input)
-            tensor = torch.as_tensor(net_input.astype("float32").transpose(2, 0, 1))
-            with torch.no_grad():
-                instances = model([{"image": tensor, "height": height, "width": width}])[0][
-                    "instances"
-                ].to("cpu")
-            instances = instances[instances.scores >= cfg.DEMO.VIS_SCORE_THRESH]
-            scale = max(1.0, 512.0 / max(height, width))
-            vis = Visualizer(image[:, :, ::-1], metadata=metadata, scale=scale)
-            drawn = vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
-            path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0]
-                                + ".png")
-            cv2.imwrite(path, drawn)
+        for file_name, found in zip(files, predictor(files), strict=True):
+            image_rgb, _ = Predictor.load(file_name)
+            drawn = draw_boxes(image_rgb, found.boxes, found.class_ids, predictor.class_names,
+                               found.scores)
+            path = os.path.join(out_dir, os.path.splitext(os.path.basename(file_name))[0] + ".png")
+            Image.fromarray(drawn).save(path)
             written.append(path)
     finally:
         model.train(was_training)
