@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 from retinanet_ext.cli import CommandError, add_config_arguments
-from retinanet_ext.cli.predict import reparse_trailing_flags
 
 HELP = "export a trained model to ONNX or TorchScript (with --verify: parity with PyTorch)"
 
@@ -42,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from retinanet_ext.export import ImageReadError, export_model, verify_export
     from retinanet_ext.predictor import Predictor
 
-    reparse_trailing_flags(args, _add_flags)
     if not args.output:
         raise CommandError("--output FILE is required")
     if args.format == "onnx" and args.opset < 17:

@@ -20,17 +20,16 @@ import csv
 import glob
 import json
 import os
-import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext.cli import (  # noqa: F401  (reparse_trailing_flags: older imports)
+    CommandError,
+    add_config_arguments,
+    reparse_trailing_flags,
+)
 
 HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
-
-#: A config override's key, e.g. MODEL.WEIGHTS (the KEY of trailing KEY VALUE pairs).
-_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -38,33 +37,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_flags(parser)
     add_config_arguments(parser, required=False)
-
-
-def reparse_trailing_flags(args: argparse.Namespace,
-                           add_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Take a command's own flags out of the trailing ``KEY VALUE`` overrides.
-
-    The overrides are an ``argparse.REMAINDER``, which swallows every later token, so in
-    ``--config-file C MODEL.WEIGHTS W --input X`` argparse leaves ``--input X`` in
-    ``args.opts``; this parses them out (flags given there win) and leaves the pairs.
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    add_flags(parser)
-    try:
-        flags, rest = parser.parse_known_args(list(args.opts or []))
-    except SystemExit as error:  # argparse exits on a malformed flag
-        raise CommandError(f"cannot parse {' '.join(args.opts)}") from error
-    defaults = vars(parser.parse_known_args([])[0])
-    for key, value in vars(flags).items():
-        if value != defaults[key]:
-            setattr(args, key, value)
-    args.opts = rest
-    for key, value in vars(args).items():  # `--input a.jpg MODEL.WEIGHTS w`: the pair is
-        if isinstance(value, list) and key != "opts":  # an override, not two inputs
-            keys = [i for i, item in enumerate(value) if _CONFIG_KEY.fullmatch(str(item))]
-            if keys:
-                setattr(args, key, value[: keys[0]])
-                args.opts = list(args.opts) + value[keys[0]:]
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    reparse_trailing_flags(args, _add_flags)
     if not args.input or not args.output:
         raise CommandError("--input and --output are required")
     paths, missing = expand_inputs(args.input)
