@@ -11,16 +11,15 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from retinanet_ext import compat
 from retinanet_ext.checkpoint import CheckpointError, RetinaNetExtCheckpointer, load_weights
-from retinanet_ext.engine.config_checks import check_config
+from retinanet_ext.engine.config_checks import ConfigError, check_config
 from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
+from retinanet_ext.evaluation import COCOBoxEvaluator, EvaluationBackendError, watch_highest_score
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -58,8 +57,9 @@ class ProgressLoader:
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` whose evaluator is the COCO evaluator, for any registered dataset.
 
-    Uses Detectron2's fast evaluator where its compiled extension is installed and
-    the official pycocotools one otherwise (same numbers, slower).
+    The evaluator is :class:`~retinanet_ext.evaluation.COCOBoxEvaluator`: pycocotools'
+    numbers from the fastest backend installed (``$RETINANET_EXT_COCO_EVAL`` forces one),
+    per-class AP50 and precision-recall curves, and no detections reported in words.
 
     Also: the config is checked before anything is built; checkpoints are read safely and
     written atomically by :class:`~retinanet_ext.checkpoint.RetinaNetExtCheckpointer`
@@ -101,14 +101,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
-    ) -> COCOEvaluator:
+    ) -> COCOBoxEvaluator:
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            use_fast_impl=compat.has_compiled_extension(),
-        )
+        try:
+            return COCOBoxEvaluator(dataset_name, output_dir=output_folder,
+                                    score_thresh=cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
+        except EvaluationBackendError as error:
+            raise ConfigError(str(error)) from error
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators: Any = None) -> OrderedDict:
+        """Detectron2's ``test``, recording the model's highest score for the evaluator's
+        no-detections report (:func:`~retinanet_ext.evaluation.watch_highest_score`)."""
+        with watch_highest_score(model):
+            return super().test(cfg, model, evaluators)
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:
