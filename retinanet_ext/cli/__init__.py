@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "plot": "plot",
     "plot-focal": "plot_focal",
     "convert-weights": "convert_weights",
+    "sweep": "sweep",
     "analyze-anchors": "analyze_anchors",
     "show-data": "show_data",
 }

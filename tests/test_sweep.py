@@ -1,0 +1,229 @@
+"""``retinanet-ext sweep``: grid parsing, checks before any run, resumption and the tables;
+with a stand-in for train_net.py (fast) and with the real one on a tiny grid (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+from pathlib import Path
+
+import retinanet_ext  # noqa: F401  (compatibility bridges first)
+from retinanet_ext.cli import CommandError, main, sweep
+from retinanet_ext.engine import load_config
+
+import pytest
+
+from tests._tiny_training import QUICK_CONFIG, TINY_OPTS, synthetic_dataset
+
+GAMMA = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"
+
+
+def test_grid_values_split_outside_brackets() -> None:
+    assert sweep.split_values("0,0.5,2") == ["0", "0.5", "2"]
+    assert sweep.split_values("(320,),(384, 416)") == ["(320,)", "(384, 416)"]
+    assert sweep.split_values("[[16], [32]],'a,b'") == ["[[16], [32]]", "'a,b'"]
+    axis = sweep.parse_grid("INPUT.MIN_SIZE_TRAIN=(320,),(384,)")
+    assert axis == sweep.GridAxis("INPUT.MIN_SIZE_TRAIN", ("(320,)", "(384,)"))
+    for bad, message in (("gamma=1,2", "expected KEY=V1,V2"), (f"{GAMMA}", "expected KEY"),
+                         (f"{GAMMA}=1,,2", "an empty value"), (f"{GAMMA}=1,1", "repeated"),
+                         ("OUTPUT_DIR=a,b", "sets OUTPUT_DIR itself"),
+                         ("SEED=1,2", "sets SEED itself")):
+        with pytest.raises(CommandError, match=message):
+            sweep.parse_grid(bad)
+
+
+def test_plan_folders_and_order() -> None:
+    axes = [sweep.GridAxis(GAMMA, ("0.0", "2.0")), sweep.GridAxis("MODEL.FPN.NORM", ("GN", ""))]
+    runs = sweep.plan_runs(axes, [0, 1])
+    assert [(dict(r.combination)[GAMMA], r.seed) for r in runs] == [
+        ("0.0", 0), ("0.0", 0), ("2.0", 0), ("2.0", 0), ("0.0", 1), ("0.0", 1), ("2.0", 1),
+        ("2.0", 1)]
+    assert len({r.folder for r in runs}) == 8
+    assert runs[0].folder.startswith("runs/FOCAL_LOSS_GAMMA=0.0__NORM=GN__")
+    assert runs[0].folder.endswith("/seed0")
+    # Values that slug alike stay apart; the same values give the same folder again.
+    size = "INPUT.MIN_SIZE_TRAIN"
+    assert (sweep.combination_folder([(size, "(320,)")])
+            != sweep.combination_folder([(size, "[320]")]))
+    assert sweep.plan_runs(axes, [0, 1]) == runs
+    assert sweep.plan_runs([], [3])[0].folder.startswith("runs/base-")
+
+
+def test_integers_become_floats_for_float_keys() -> None:
+    cfg = load_config(QUICK_CONFIG)
+    axes = [sweep.GridAxis(GAMMA, ("0", "0.5", "2")),
+            sweep.GridAxis("SOLVER.MAX_ITER", ("10", "20"))]
+    coerced = sweep.coerce_to_defaults(cfg, axes)
+    assert coerced[0].values == ("0.0", "0.5", "2.0")
+    assert coerced[1].values == ("10", "20")
+
+
+def test_final_metrics_and_train_time(tmp_path: Path) -> None:
+    entries = [{"iteration": 4, "total_loss": 1.0},
+               {"iteration": 4, "bbox/AP": 1.0, "bbox/AP50": 2.0},  # a periodic evaluation
+               {"iteration": 9, "bbox/AP": 10.5, "bbox/AP-cell": 12.0, "bbox/APl": float("nan")}]
+    text = "\n".join(json.dumps(e) for e in entries) + '\n{"iteration": 9, "bbox/A'
+    (tmp_path / "metrics.json").write_text(text)
+    metrics = sweep.final_metrics(tmp_path, max_iter=10)
+    assert metrics["AP"] == 10.5 and metrics["AP-cell"] == 12.0
+    assert sweep.final_metrics(tmp_path, max_iter=20) is None  # stopped before the end
+    assert sweep.final_metrics(tmp_path / "missing", max_iter=10) is None
+    log = ("Total training time: 0:01:05 (0:00:05 on hooks)\n...\n"
+           "Total training time: 1 day, 0:00:10 (0:00:10 on hooks)\n")
+    assert sweep.train_seconds(log) == 60 + 86400
+
+
+FAKE_TRAIN_NET = textwrap.dedent('''
+    """Stands in for train_net.py: records its arguments, writes Detectron2-like outputs."""
+    import json, os, sys
+    args = sys.argv[1:]
+    out = args[args.index("OUTPUT_DIR") + 1]
+    max_iter = int(args[args.index("SOLVER.MAX_ITER") + 1])
+    seed = int(args[args.index("SEED") + 1])
+    gamma = float(args[args.index("MODEL.RETINANET.FOCAL_LOSS_GAMMA") + 1])
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "invocations.txt"), "a") as f:
+        f.write(json.dumps(args) + "\\n")
+    os.makedirs(out, exist_ok=True)
+    print(f" eta: 0:00:01  iter: {max_iter - 1}  total_loss: 0.5  time: 0.1")
+    print("Total training time: 0:00:42 (0:00:02 on hooks)")
+    if os.path.exists(os.path.join(here, "FAIL")):
+        sys.exit(1)
+    open(os.path.join(out, "last_checkpoint"), "w").write("model_final.pth")
+    metrics = {"iteration": max_iter, "bbox/AP": 10 * gamma + seed, "bbox/AP50": 50.0,
+               "bbox/AP75": 5.0, "bbox/APs": 1.0, "bbox/APm": 2.0, "bbox/APl": float("nan"),
+               "bbox/AP-circle": 7.0, "bbox/AP50-circle": 70.0}
+    with open(os.path.join(out, "metrics.json"), "a") as f:
+        f.write(json.dumps(metrics) + "\\n")
+''')
+
+
+@pytest.fixture
+def fake_sweep(tmp_path: Path, new_name, monkeypatch):
+    """``main(["sweep", ...])`` on a real config and dataset with the stand-in train_net."""
+    fake = tmp_path / "bin" / "train_net.py"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_TRAIN_NET)
+    monkeypatch.setattr(sweep, "TRAIN_NET", fake)
+    info = synthetic_dataset(tmp_path / "data", num_train=2, num_val=2)
+    names = {split: new_name(split) for split in ("train", "val")}
+    specs = []
+    for split, name in names.items():
+        paths = info["splits"][split]
+        specs += ["--dataset", f"{name}=coco:{paths['json_file']}:{paths['image_root']}"]
+    common = ["--config-file", QUICK_CONFIG, *specs, "--output", str(tmp_path / "sweep")]
+    opts = [*TINY_OPTS, "DATASETS.TRAIN", f"('{names['train']}',)",
+            "DATASETS.TEST", f"('{names['val']}',)", "SOLVER.MAX_ITER", "3"]
+
+    def run(*args: str, extra_opts: tuple[str, ...] = ()) -> int:
+        return main(["sweep", *common, *args, *opts, *extra_opts])
+
+    def invocations() -> list[list[str]]:
+        path = fake.parent / "invocations.txt"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return run, invocations, tmp_path / "sweep", fake.parent
+
+
+def test_sweep_runs_resumes_and_tabulates(fake_sweep, capsys) -> None:
+    run, invocations, output, fake_dir = fake_sweep
+    assert run("--grid", f"{GAMMA}=0,2", "--seeds", "0", "1") == 0
+    calls = invocations()
+    assert len(calls) == 4 and not any("--resume" in c for c in calls)
+    assert [c[c.index(GAMMA) + 1] for c in calls] == ["0.0", "2.0", "0.0", "2.0"]
+    assert [c[c.index("SEED") + 1] for c in calls] == ["0", "0", "1", "1"]
+    printed = capsys.readouterr().out
+    assert "sweep: 4 runs (2 combinations x 2 seeds)" in printed
+    assert "[4/4] MODEL.RETINANET.FOCAL_LOSS_GAMMA=2.0, seed 1: finished" in printed
+
+    with open(output / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r[GAMMA], r["seed"], float(r["AP"])) for r in rows] == [
+        ("0.0", "0", 0.0), ("2.0", "0", 20.0), ("0.0", "1", 1.0), ("2.0", "1", 21.0)]
+    assert {r["status"] for r in rows} == {"done"} and rows[0]["AP-circle"] == "7.0"
+    assert float(rows[0]["train_s"]) == 40.0 and rows[0]["iterations"] == "3"
+    table = (output / "results.md").read_text()
+    assert "| 2.0 | 2 | 20.5 ± 0.7 | 50.0 ± 0.0 |" in table  # mean ± sd over the seeds
+    assert (output / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Again: nothing is retrained.
+    assert run("--grid", f"{GAMMA}=0,2", "--seeds", "0", "1") == 0
+    assert len(invocations()) == 4
+    assert capsys.readouterr().out.count("done before") == 4
+
+    # An interrupted run (checkpoint, no recorded result) is resumed; the others are kept.
+    state_path = output / json.loads(json.dumps(rows[1]["run"])) / sweep.RUN_STATE
+    state = json.loads(state_path.read_text())
+    del state["result"]
+    state_path.write_text(json.dumps(state))
+    assert run("--grid", f"{GAMMA}=0,2", "--seeds", "0", "1") == 0
+    calls = invocations()
+    assert len(calls) == 5 and "--resume" in calls[-1]
+    assert calls[-1][calls[-1].index("OUTPUT_DIR") + 1] == str(output / rows[1]["run"])
+
+
+def test_sweep_refuses_other_settings_and_reports_failures(fake_sweep, capsys) -> None:
+    run, invocations, output, fake_dir = fake_sweep
+    assert run("--grid", f"{GAMMA}=2") == 0
+    assert run("--grid", f"{GAMMA}=2", extra_opts=("SOLVER.BASE_LR", "0.002")) == 2
+    assert "made with other settings (overrides differ)" in capsys.readouterr().err
+    assert len(invocations()) == 1
+
+    (fake_dir / "FAIL").touch()
+    assert run("--grid", f"{GAMMA}=0") == 1
+    printed = capsys.readouterr().out
+    assert "FAILED (exit status 1)" in printed and "Total training time" in printed
+    with open(output / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["failed"]
+
+
+def test_sweep_checks_everything_before_running(fake_sweep, capsys) -> None:
+    run, invocations, output, _ = fake_sweep
+    cases = [
+        (("--grid", "MODEL.RETINANET.GAMMA=0,2"), "--grid MODEL.RETINANET.GAMMA=0: "),
+        (("--grid", f"{GAMMA}=0,-1"), f"{GAMMA} must be in [0.0, inf], found -1.0"),
+        (("--grid", f"{GAMMA}=0", "--grid", f"{GAMMA}=2"), "is given twice"),
+        (("--grid", "SOLVER.MAX_ITER=2,4"), "both in --grid and in the overrides"),
+        (("--grid", f"{GAMMA}=0", "--seeds", "0", "x"), "--seeds takes integers"),
+    ]
+    for args, message in cases:
+        assert run(*args) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert run("--grid", f"{GAMMA}=0", extra_opts=("DATASETS.TEST", "('nope',)")) == 2
+    assert "dataset 'nope' is not registered" in capsys.readouterr().err
+    assert run("--grid", f"{GAMMA}=0", extra_opts=("MODEL.RETINANET.NUM_CLASSES", "3")) == 2
+    assert "NUM_CLASSES" in capsys.readouterr().err
+    assert run("--grid", f"{GAMMA}=0", extra_opts=("SEED", "3")) == 2
+    assert "SEED is set by the sweep" in capsys.readouterr().err
+    assert invocations() == [] and not output.exists()
+    assert run("--grid", f"{GAMMA}=0,1", "--dry-run") == 0
+    assert invocations() == [] and "[2/2]" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_with_train_net_on_a_tiny_grid(tmp_path: Path, new_name, capsys) -> None:
+    info = synthetic_dataset(tmp_path / "data", num_train=4, num_val=2)
+    train, val = new_name("train"), new_name("val")
+    specs = []
+    for name, split in ((train, "train"), (val, "val")):
+        paths = info["splits"][split]
+        specs += ["--dataset", f"{name}=coco:{paths['json_file']}:{paths['image_root']}"]
+    output = tmp_path / "sweep"
+    command = ["sweep", "--config-file", QUICK_CONFIG, *specs, "--grid", f"{GAMMA}=0,2",
+               "--output", str(output), *TINY_OPTS, "DATASETS.TRAIN", f"('{train}',)",
+               "DATASETS.TEST", f"('{val}',)", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()"]
+    assert main(command) == 0, capsys.readouterr()
+    with open(output / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r[GAMMA] for r in rows] == ["0.0", "2.0"]
+    for row in rows:
+        assert row["status"] == "done" and row["iterations"] == "2"
+        assert 0.0 <= float(row["AP"]) <= 100.0 and float(row["train_s"]) >= 0
+        assert (output / row["run"] / "model_final.pth").is_file()
+    first = (output / rows[0]["run"] / "model_final.pth").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("done before") == 2
+    assert (output / rows[0]["run"] / "model_final.pth").stat().st_mtime_ns == first
