@@ -13,6 +13,7 @@ from typing import Any
 
 from retinanet_ext.checkpoint import CheckpointError, RetinaNetExtCheckpointer, load_weights
 from retinanet_ext.engine.config_checks import ConfigError, check_config
+from retinanet_ext.engine.ema import add_ema_hooks
 from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
 from retinanet_ext.evaluation import COCOBoxEvaluator, EvaluationBackendError, watch_highest_score
@@ -87,7 +88,10 @@ class Trainer(DefaultTrainer):
         if not isinstance(self.checkpointer, RetinaNetExtCheckpointer):
             self.checkpointer = RetinaNetExtCheckpointer.replacing(
                 self.checkpointer, max_to_keep=self.cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP)
-        return super().build_hooks()
+        hook_list = super().build_hooks()
+        if self.cfg.RETINANET_EXT.EMA.ENABLED:  # evaluate an EMA of the weights (engine/ema.py)
+            hook_list = add_ema_hooks(self, hook_list)
+        return hook_list
 
     def train(self) -> OrderedDict | None:
         """Detectron2's training loop; a divergence is logged in one line, not a traceback."""
