@@ -172,7 +172,7 @@ def _parse_row(
     if "width" in columns and "height" in columns:
         try:
             size = (int(float(row[columns["width"]])), int(float(row[columns["height"]])))
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:  # OverflowError: "inf"
             raise DatasetError(f"{where}: expected a numeric width and height, found "
                                f"{row[columns['width']]!r}, {row[columns['height']]!r}.") from error
     coordinates = [row[columns[c]] for c in ("x1", "y1", "x2", "y2")]
@@ -192,6 +192,9 @@ def _parse_row(
     class_name = row[columns["class"]]
     if not class_name:
         raise DatasetError(f"{where}: a box without a class name.")
+    if not class_name.isprintable():
+        raise DatasetError(f"{where}: the class name {class_name!r} holds control characters "
+                           f"(a binary or damaged file?).")
     return path, box, class_name, size
 
 

@@ -93,7 +93,7 @@ def parse_voc_xml(path: str) -> VocAnnotation:
             width_text, height_text = _text(size, "width"), _text(size, "height")
             width = int(float(width_text)) if width_text else None
             height = int(float(height_text)) if height_text else None
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:  # OverflowError: "inf"
             raise DatasetError(f"{path}: <size> is not numeric ({error}).") from error
         if not width or not height:  # some tools write 0 when unknown: ask the image
             width = height = None
