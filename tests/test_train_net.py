@@ -44,6 +44,33 @@ def coco128_subset(datasets_root: Path, target: Path, num_images: int) -> tuple[
     return str(target), str(datasets_root / "coco128" / "train2017")
 
 
+def copypaste_values(log: str) -> list[float]:
+    """The numbers of the last ``copypaste: AP,AP50,...`` block Detectron2 prints."""
+    lines = [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
+    header = max(i for i, line in enumerate(lines) if line.startswith("AP,AP50"))
+    return [float(v) for v in lines[header + 1].split(",")]
+
+
+def check_detections(json_file: str, results_file: Path, ap: float) -> None:
+    """The detections JSON is well formed for the dataset, and pycocotools computes from it
+    the AP the evaluator reported."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ground_truth = COCO(json_file)
+    results = json.loads(results_file.read_text())
+    assert results, "no detections written"
+    assert {r["image_id"] for r in results} <= set(ground_truth.getImgIds())
+    assert {r["category_id"] for r in results} <= set(ground_truth.getCatIds())
+    assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 for r in results)
+    assert all(0.0 <= r["score"] <= 1.0 for r in results)
+    coco_eval = COCOeval(ground_truth, ground_truth.loadRes(str(results_file)), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    assert coco_eval.stats[0] * 100 == pytest.approx(ap, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_train_eval_only_and_resume_on_coco128(datasets_root: Path, tmp_path: Path) -> None:
     json_file, image_root = coco128_subset(datasets_root, tmp_path / "c8.json", 8)
@@ -58,6 +85,7 @@ def test_train_eval_only_and_resume_on_coco128(datasets_root: Path, tmp_path: Pa
     out = tmp_path / "out"
     assert (out / "model_final.pth").is_file() and (out / "model_0000001.pth").is_file()
     assert "Evaluation results for bbox" in trained.stderr + trained.stdout
+    after_training = copypaste_values(trained.stderr + trained.stdout)
 
     evaluated = train_net("--eval-only", *common, "MODEL.WEIGHTS", str(out / "model_final.pth"),
                           cwd=tmp_path)
@@ -66,10 +94,15 @@ def test_train_eval_only_and_resume_on_coco128(datasets_root: Path, tmp_path: Pa
     assert re.search(r"\|\s+AP\s+\|\s+AP50\s+\|\s+AP75\s+\|\s+APs\s+\|\s+APm\s+\|\s+APl\s+\|", log)
     assert "Per-category bbox AP" in log
     assert "Inference on c8: 8/8 images" in log  # progress display during inference
-    metrics = json.loads((out / "eval_metrics.json").read_text())
-    assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    results = json.loads((out / "inference" / "c8" / "coco_instances_results.json").read_text())
-    assert isinstance(results, list)
+    # The checkpoint evaluates exactly as the model did at the end of training (it was
+    # loaded, not left at a random init), and the numbers written are the ones printed.
+    assert copypaste_values(log) == after_training
+    metrics = json.loads((out / "eval_metrics.json").read_text())["bbox"]
+    printed = dict(zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), after_training, strict=True))
+    for key, value in printed.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-4, nan_ok=True), key
+    results_file = out / "inference" / "c8" / "coco_instances_results.json"
+    check_detections(json_file, results_file, metrics["AP"])
 
     resumed = train_net("--resume", *common, "SOLVER.MAX_ITER", "5", "SOLVER.STEPS", "(2,)",
                         "DATASETS.TEST", "()", cwd=tmp_path)
@@ -166,7 +199,9 @@ def test_num_classes_mismatch_fails_at_start(datasets_root: Path, tmp_path: Path
         "OUTPUT_DIR", str(tmp_path / "out"), cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert "NUM_CLASSES" in result.stderr and "5" in result.stderr and "3" in result.stderr
+    assert re.search(r"^error: MODEL\.RETINANET\.NUM_CLASSES is 5, but dataset\(s\) 'bccd_train' "
+                     r"have 3 classes: .*Set MODEL\.RETINANET\.NUM_CLASSES 3 ",
+                     result.stderr, re.MULTILINE), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
