@@ -364,6 +364,24 @@ def _find_classes_file(images_dir: str) -> str:
 # --- registration -----------------------------------------------------------------------
 
 
+def _from_data_yaml(
+    name: str, path: str, split: str | None, classes_file: str | None
+) -> tuple[list[str], list[str], dict[str, Any], str]:
+    """(class names, image sources, metadata, description) of a data.yaml's split."""
+    data = read_data_yaml(path)
+    if split is None:
+        raise DatasetError(
+            f"Dataset '{name}': name the split of {path} to use, e.g. "
+            f"'{name}=yolo:{path}:train'; its splits: {available_splits(data) or 'none'}."
+        )
+    if classes_file is not None:
+        raise DatasetError(f"Dataset '{name}': the class names come from {path}; "
+                           "a classes file is only for a folder of images.")
+    sources = split_sources(data, path, split)
+    metadata = {"yaml_file": path, "image_root": sources[0], "split": split}
+    return class_names_from_yaml(data, path), sources, metadata, f"yolo: {path} ({split})"
+
+
 def register_yolo_dataset(
     name: str,
     path: str,
@@ -390,21 +408,7 @@ def register_yolo_dataset(
     """
     path = os.path.abspath(path)
     if os.path.isfile(path):
-        if split is None:
-            data = read_data_yaml(path)
-            raise DatasetError(
-                f"Dataset '{name}': name the split of {path} to use, e.g. "
-                f"'{name}=yolo:{path}:train'; its splits: "
-                f"{available_splits(data) or 'none'}."
-            )
-        if classes_file is not None:
-            raise DatasetError(f"Dataset '{name}': the class names come from {path}; "
-                               "a classes file is only for a folder of images.")
-        data = read_data_yaml(path)
-        class_names = class_names_from_yaml(data, path)
-        sources = split_sources(data, path, split)
-        metadata = {"yaml_file": path, "image_root": sources[0], "split": split}
-        source = f"yolo: {path} ({split})"
+        class_names, sources, metadata, source = _from_data_yaml(name, path, split, classes_file)
     elif os.path.isdir(path):
         if split is not None and classes_file is not None:
             raise DatasetError(f"Dataset '{name}': give the class-names file once.")
