@@ -44,7 +44,8 @@ def _register_boxes_json(name: str, root: str, scale: str = "1") -> str:
         return records, ["thing"], {}
 
     register_validated(name, load_raw, key=("boxes_json", root, scale),
-                       source=f"boxes_json: {root}", metadata={"dirname": root},
+                       source=f"boxes_json: {root}",
+                       metadata={"boxes_file": str(Path(root) / "boxes.json")},
                        data_format="boxes_json")
     return name
 
@@ -58,7 +59,7 @@ def boxes_json_format():
                 SpecField("scale", "FACTOR", positional=False)),
         example="toy=boxes_json:data/toy",
         description="a JSON of boxes per image",
-        path_keys=("dirname",),
+        path_keys=("boxes_file",),
     ))
     yield entry
     unregister_format("boxes_json")
@@ -78,12 +79,11 @@ def test_a_format_registered_here_is_usable_from_dataset(boxes_json_format, new_
     help_text = " ".join(train_net.build_parser().format_help().split())
     assert "toy=boxes_json:data/toy" in help_text
     # the checks at start look for the files its entry names
-    assert dataset_paths(name) == [("dirname", str(tmp_path.resolve()))]
+    assert dataset_paths(name) == [("boxes_file", str(tmp_path.resolve() / "boxes.json"))]
+    check_datasets_available([name])
     (tmp_path / "boxes.json").rename(tmp_path / "moved.json")
-    moved = tmp_path.rename(tmp_path.parent / f"{tmp_path.name}_moved")
-    with pytest.raises(MissingDatasetError, match=f"'{name}': its dirname .* does not exist"):
+    with pytest.raises(MissingDatasetError, match=f"'{name}': its boxes_file .* does not exist"):
         check_datasets_available([name])
-    assert moved.is_dir()
 
 
 def test_paths_checked_per_format(new_name, tmp_path):

@@ -285,3 +285,17 @@ def test_yolo_errors_name_the_file(new_name, tmp_path):
         register_yolo_dataset(new_name(), str(tmp_path / "nc.yaml"), "train")
     with pytest.raises(DatasetError, match="YOLO dataset not found"):
         register_yolo_dataset(new_name(), str(tmp_path / "nowhere"), "train")
+
+
+def test_yaml_alias_bomb_is_refused_quickly(new_name, tmp_path):
+    """YAML aliases can nest a value 9^9 deep in a few lines; it is refused, never printed."""
+    (tmp_path / "images").mkdir()
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+    for extra, message in [("train: images\nnames: *a9\n", "must be a plain string"),
+                           ("train: *a9\nnames: [a]\n", "found a list of 9 entries"),
+                           ("train: images\npath: *a9\nnames: [a]\n", "'path' must be a folder"),
+                           ("train: images\nnames: [a]\nnc: *a9\n", "'nc' is a list of 9")]:
+        (tmp_path / "bomb.yaml").write_text(bomb + extra)
+        with pytest.raises(DatasetError, match=message):
+            register_yolo_dataset(new_name(), str(tmp_path / "bomb.yaml"), "train")

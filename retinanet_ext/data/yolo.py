@@ -83,6 +83,15 @@ def read_data_yaml(yaml_file: str) -> dict[str, Any]:
     return data
 
 
+def _describe(value: Any) -> str:
+    """A short description of a YAML value (never its full repr: aliases can nest it
+    exponentially deep)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return repr(value)[:80]
+    return f"a {type(value).__name__} of {len(value)} entries" if isinstance(
+        value, list | dict) else f"a {type(value).__name__}"
+
+
 def class_names_from_yaml(data: dict[str, Any], yaml_file: str) -> list[str]:
     """``names`` (a list, or ``{id: name}`` with ids 0..K-1) or ``nc`` of a data.yaml."""
     names, count = data.get("names"), data.get("nc")
@@ -90,6 +99,9 @@ def class_names_from_yaml(data: dict[str, Any], yaml_file: str) -> list[str]:
         if isinstance(count, int) and not isinstance(count, bool) and count > 0:
             return [f"class_{i}" for i in range(count)]
         raise DatasetError(f"{yaml_file}: expected 'names' (a list of class names) or 'nc'.")
+    values = names.values() if isinstance(names, dict) else names if isinstance(names, list) else []
+    if not all(isinstance(v, str | int | float) for v in values):
+        raise DatasetError(f"{yaml_file}: every class name in 'names' must be a plain string.")
     if isinstance(names, dict):
         try:
             by_id = {int(k): str(v) for k, v in names.items()}
@@ -109,10 +121,11 @@ def class_names_from_yaml(data: dict[str, Any], yaml_file: str) -> list[str]:
     else:
         raise DatasetError(
             f"{yaml_file}: 'names' must be a non-empty list or an {{id: name}} mapping, found "
-            f"{names!r:.100}."
+            f"{_describe(names)}."
         )
     if count is not None and count != len(names):
-        raise DatasetError(f"{yaml_file}: 'nc' is {count!r} but 'names' has {len(names)} entries.")
+        raise DatasetError(f"{yaml_file}: 'nc' is {_describe(count)} but 'names' has {len(names)} "
+                           "entries.")
     if len(set(names)) != len(names):
         raise DatasetError(f"{yaml_file}: 'names' repeats a class name: {names}.")
     return names
@@ -123,7 +136,8 @@ def _dataset_root(data: dict[str, Any], yaml_file: str) -> str:
     given = data.get("path")
     if given in (None, ""):
         return yaml_dir
-    given = str(given)
+    if not isinstance(given, str):
+        raise DatasetError(f"{yaml_file}: 'path' must be a folder, found {_describe(given)}.")
     if os.path.isabs(given):
         return given
     for candidate in (os.path.abspath(given), os.path.join(yaml_dir, given)):
@@ -153,9 +167,11 @@ def split_sources(data: dict[str, Any], yaml_file: str, split: str) -> list[str]
         )
     root = _dataset_root(data, yaml_file)
     entries = [entry] if isinstance(entry, str) else entry
+    if not all(isinstance(value, str) for value in entries):
+        raise DatasetError(f"{yaml_file}: split '{split}' must be a path or a list of paths, "
+                           f"found {_describe(entry)}.")
     sources = []
     for value in entries:
-        value = str(value)
         source = os.path.normpath(os.path.join(root, value))
         if not os.path.exists(source) and isinstance(entry, str) and value.startswith("../"):
             source = os.path.normpath(os.path.join(root, value[3:]))
