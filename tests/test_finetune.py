@@ -5,7 +5,11 @@ backbones (Caffe2 names), a COCO-trained RetinaNet (model-zoo .pkl), torchvision
 from __future__ import annotations
 
 import math
+import os
 import pickle
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (compatibility bridges first)
@@ -21,6 +25,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from tests._checkpoint_helpers import write_caffe2_backbone_pkl, write_hostile_pth
+from tests.test_sweep import localise, readme_commands
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FINETUNE = REPO_ROOT / "configs" / "finetune"
@@ -187,3 +192,48 @@ def test_convert_weights_errors(tmp_path: Path, capsys) -> None:
     assert "refused" in fails(str(hostile), str(tmp_path / "d.pkl"))
     assert not sentinel.exists()
     assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["existing.pkl"]
+
+
+# Appended to README's training commands: one iteration at 64 px, no download (MODEL.WEIGHTS
+# is a local file of the downloaded one's format, built from a model's own weights).
+TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+              "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "MODEL.DEVICE", "cpu",
+              "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()",
+              "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0",
+              "TEST.EVAL_PERIOD", "0"]
+
+
+@pytest.mark.slow
+def test_readme_finetune_commands(datasets_root: Path, tmp_path: Path) -> None:
+    commands = readme_commands("### Fine-tuning from pretrained weights")
+    assert [c.split()[1] for c in commands] == ["train_net.py", "convert-weights", "train_net.py"]
+    coco = _model("retinanet_R50_FPN_coco.yaml", "MODEL.RETINANET.NUM_CLASSES", "80")
+    coco_file = tmp_path / "model_final_5bd44e.pkl"
+    coco_file.write_bytes(pickle.dumps({
+        "model": {k: v.numpy().copy() for k, v in coco.state_dict().items()},
+        "__author__": "Detectron2 Model Zoo"}, protocol=2))
+    torchvision_file = tmp_path / "resnet50-11ad3fa6.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), torchvision_file)
+    converted = tmp_path / "output" / "weights" / "resnet50_torchvision.pkl"
+    weights = {"retinanet_R50_FPN_coco.yaml": coco_file,
+               "retinanet_R50_FPN_torchvision.yaml": converted}
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    for command in commands:
+        argv = shlex.split(localise(command, datasets_root, tmp_path)
+                           .replace("resnet50-11ad3fa6.pth", str(torchvision_file)))
+        if argv[0] == "python":
+            config = Path(argv[argv.index("--config-file") + 1]).name
+            argv = [sys.executable, str(REPO_ROOT / argv[1]), *argv[2:], *TRAIN_TINY,
+                    "MODEL.WEIGHTS", str(weights[config])]
+        else:
+            argv = [sys.executable, "-m", "retinanet_ext", *argv[1:]]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                                cwd=REPO_ROOT, env=env)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, (command, log[-4000:])
+        if "coco" in command:
+            assert "head.cls_score.weight" in log  # skipped: 80 classes in the file, 3 here
+        if "convert-weights" in command:
+            assert "MODEL.RESNETS.DEPTH 50" in log
+    for run in ("bccd_coco", "bccd_torchvision"):
+        assert (tmp_path / "output" / run / "model_final.pth").is_file()

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,8 +18,10 @@ from retinanet_ext.cli import CommandError, main, sweep
 from retinanet_ext.engine import load_config
 
 import pytest
+import torch
+from detectron2.modeling import build_model
 
-from tests._tiny_training import QUICK_CONFIG, TINY_OPTS, synthetic_dataset
+from tests._tiny_training import QUICK_CONFIG, REPO_ROOT, TINY_OPTS, synthetic_dataset
 
 GAMMA = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"
 
@@ -201,29 +208,79 @@ def test_sweep_checks_everything_before_running(fake_sweep, capsys) -> None:
     assert invocations() == [] and "[2/2]" in capsys.readouterr().out
 
 
+def readme_commands(heading: str) -> list[str]:
+    """The bash block of README's section ``heading``, one command a line."""
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(heading)
+    section = text[start:text.index("\n#", start + len(heading))]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def localise(command: str, datasets_root: Path, tmp_path: Path) -> str:
+    """README's paths made local: the shared data sets, ``output/`` under ``tmp_path``, and
+    BCCD's val split cut to its first four images (an ids file: evaluation in seconds)."""
+    ids = tmp_path / "bccd_val4.txt"
+    if not ids.exists():
+        split = datasets_root / "bccd" / "BCCD" / "ImageSets" / "Main" / "val.txt"
+        ids.write_text("\n".join(split.read_text().split()[:4]) + "\n")
+    return (command.replace("BCCD:val", f"BCCD:{ids}")
+            .replace("../shared/datasets", str(datasets_root))
+            .replace("output/", f"{tmp_path}/output/"))
+
+
+def _cli(command: str, datasets_root: Path, tmp_path: Path, *extra: str):
+    """README's ``retinanet-ext ...`` command (:func:`localise`d, ``extra`` appended), run
+    as ``python -m retinanet_ext`` in a subprocess from the repository root."""
+    localised = localise(command, datasets_root, tmp_path)
+    argv = [sys.executable, "-m", "retinanet_ext", *shlex.split(localised)[1:], *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+                          env=env)
+
+
+# Appended to README's sweep: two iterations at 64 px (the plumbing, not the accuracy).
+SWEEP_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+              "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+              "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
+              "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0"]
+
+
 @pytest.mark.slow
-def test_sweep_with_train_net_on_a_tiny_grid(tmp_path: Path, new_name, capsys) -> None:
-    info = synthetic_dataset(tmp_path / "data", num_train=4, num_val=2)
-    train, val = new_name("train"), new_name("val")
-    specs = []
-    for name, split in ((train, "train"), (val, "val")):
-        paths = info["splits"][split]
-        specs += ["--dataset", f"{name}=coco:{paths['json_file']}:{paths['image_root']}"]
-    output = tmp_path / "sweep"
-    command = ["sweep", "--config-file", QUICK_CONFIG, *specs, "--grid", f"{GAMMA}=0,2",
-               "--output", str(output), *TINY_OPTS, "DATASETS.TRAIN", f"('{train}',)",
-               "DATASETS.TEST", f"('{val}',)", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()"]
-    assert main(command) == 0, capsys.readouterr()
+def test_readme_sweep_and_plot_focal_commands(datasets_root: Path, tmp_path: Path) -> None:
+    commands = readme_commands("### Ablation sweeps and the focal-loss figures")
+    assert [c.split()[:2] for c in commands] == [["retinanet-ext", "sweep"],
+                                                 *[["retinanet-ext", "plot-focal"]] * 2]
+    output = tmp_path / "output" / "sweep_gamma"
+    swept = _cli(commands[0], datasets_root, tmp_path, *SWEEP_TINY)
+    assert swept.returncode == 0, (swept.stdout[-3000:], swept.stderr[-3000:])
+    assert "sweep: 4 runs (2 combinations x 2 seeds)" in swept.stdout
     with open(output / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r[GAMMA] for r in rows] == ["0.0", "2.0"]
+    assert [(r[GAMMA], r["seed"]) for r in rows] == [("0.0", "0"), ("2.0", "0"), ("0.0", "1"),
+                                                     ("2.0", "1")]
     for row in rows:
         assert row["status"] == "done" and row["iterations"] == "2"
         assert 0.0 <= float(row["AP"]) <= 100.0 and float(row["train_s"]) >= 0
-        assert (output / row["run"] / "model_final.pth").is_file()
-    first = (output / rows[0]["run"] / "model_final.pth").stat().st_mtime_ns
-    capsys.readouterr()
+        assert set(row) >= {"AP-Platelets", "AP-RBC", "AP-WBC", "APs", "APm", "APl"}
+    model = output / rows[0]["run"] / "model_final.pth"
+    written = model.stat().st_mtime_ns
+    assert "| 2.0 | 2 |" in (output / "results.md").read_text()
 
-    assert main(command) == 0
-    assert capsys.readouterr().out.count("done before") == 2
-    assert (output / rows[0]["run"] / "model_final.pth").stat().st_mtime_ns == first
+    again = _cli(commands[0], datasets_root, tmp_path, *SWEEP_TINY)  # nothing is retrained
+    assert again.returncode == 0 and again.stdout.count("done before") == 4
+    assert model.stat().st_mtime_ns == written
+
+    figure1 = _cli(commands[1], datasets_root, tmp_path)
+    assert figure1.returncode == 0, figure1.stderr[-2000:]
+    checkpoint = tmp_path / "output" / "bccd" / "model_final.pth"  # as "Use the model" trains
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": build_model(load_config(QUICK_CONFIG)).state_dict()}, checkpoint)
+    figure4 = _cli(commands[2], datasets_root, tmp_path, "--max-images", "3")
+    assert figure4.returncode == 0, figure4.stderr[-2000:]
+    focal = tmp_path / "output" / "focal"
+    numbers = json.loads((focal / "focal_loss.json").read_text())
+    assert numbers["figure4"]["images"] == 3 and numbers["figure4"]["dataset"] == "bccd_val"
+    assert numbers["figure4"]["foreground"]["count"] > 0
+    assert (focal / "focal_loss_cdf.png").is_file()
+    assert (focal / "focal_loss_vs_probability.png").is_file()
