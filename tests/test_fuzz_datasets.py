@@ -50,8 +50,11 @@ def test_damaged_images(tmp_path: Path) -> None:
     for what in ("0 bytes", "truncated JPEG", "truncated PNG", "text named .jpg",
                  "JPEG header only"):
         assert outcomes[what].kind == "error" and outcomes[what].names_file, what
-    assert outcomes["PNG named .jpg"].kind == "warning"  # read by content, with a note
-    assert outcomes["grayscale"].kind == "accepted"
+    assert outcomes["PNG named .jpg"].kind == "warning"
+    assert "read by content" in outcomes["PNG named .jpg"].detail
+    assert outcomes["16-bit PNG"].kind == "warning" and "16/32-bit" in outcomes["16-bit PNG"].detail
+    assert "annotation says size 64x48" in outcomes["1x1"].detail
+    assert outcomes["grayscale"].kind == "accepted" and outcomes["CMYK JPEG"].kind == "accepted"
 
 
 def test_voc_size_of_infinity_is_an_error_naming_the_file(tmp_path: Path) -> None:

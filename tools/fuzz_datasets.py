@@ -399,34 +399,42 @@ def run_target(target: FuzzTarget, cases: int, seed: int, work: Path,
     return tally
 
 
-IMAGE_DAMAGE: dict[str, Callable[[Path], None]] = {
-    "0 bytes": lambda p: p.write_bytes(b""),
-    "truncated JPEG": lambda p: (write_image(p, (64, 48)),
-                                 p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
-    "truncated PNG": lambda p: (write_image(p, (64, 48), image_format="PNG"),
-                                p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
-    "PNG named .jpg": lambda p: write_image(p, (64, 48), image_format="PNG"),
-    "1x1": lambda p: write_image(p, (1, 1)),
-    "CMYK JPEG": lambda p: write_image(p, (64, 48), mode="CMYK", image_format="JPEG"),
-    "16-bit PNG": lambda p: write_image(p, (64, 48), mode="I;16", image_format="PNG"),
-    "grayscale": lambda p: write_image(p, (64, 48), mode="L", image_format="JPEG"),
-    "text named .jpg": lambda p: p.write_text("this is not an image\n"),
-    "JPEG header only": lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"),
+def _truncated(path: Path, image_format: str) -> None:
+    write_image(path, (64, 48), image_format=image_format)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+IMAGE_DAMAGE: dict[str, tuple[str, Callable[[Path], object]]] = {
+    # what: (file suffix, how to write it)
+    "0 bytes": (".jpg", lambda p: p.write_bytes(b"")),
+    "truncated JPEG": (".jpg", lambda p: _truncated(p, "JPEG")),
+    "truncated PNG": (".png", lambda p: _truncated(p, "PNG")),
+    "PNG named .jpg": (".jpg", lambda p: write_image(p, (64, 48), image_format="PNG")),
+    "1x1": (".jpg", lambda p: write_image(p, (1, 1))),
+    "CMYK JPEG": (".jpg", lambda p: write_image(p, (64, 48), mode="CMYK")),
+    "16-bit PNG": (".png", lambda p: write_image(p, (64, 48), mode="I;16")),
+    "grayscale": (".jpg", lambda p: write_image(p, (64, 48), mode="L")),
+    "text named .jpg": (".jpg", lambda p: p.write_text("this is not an image\n")),
+    "JPEG header only": (".jpg", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")),
 }
 
 
 def run_images(work: Path) -> dict[str, Outcome]:
-    """Each damaged image in place of one image of a valid COCO dataset."""
-    root = work / "images"
-    base = build_coco(root)
+    """Each damaged image in place of the first image of a valid COCO dataset."""
+    base = build_coco(work / "images")
+    json_file = base.files[0]
+    original = json_file.read_text()
     results = {}
-    for index, (what, damage) in enumerate(IMAGE_DAMAGE.items()):
-        victim = base.images[0]
-        original = victim.read_bytes()
+    for index, (what, (suffix, damage)) in enumerate(IMAGE_DAMAGE.items()):
+        victim = base.images[0].with_name(f"damaged_{index}{suffix}")
         damage(victim)
+        data = json.loads(original)
+        data["images"][0]["file_name"] = victim.name
+        json_file.write_text(json.dumps(data))
         spec = f"fuzz_image_{index}=coco:" + ":".join(base.fields)
-        results[what] = check_case(spec, [*base.files, *base.images])
-        victim.write_bytes(original)
+        results[what] = check_case(spec, [json_file, victim])
+        victim.unlink()
+    json_file.write_text(original)
     return results
 
 

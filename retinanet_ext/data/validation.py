@@ -59,6 +59,8 @@ _FORMATS_BY_EXTENSION = {
 }
 
 DROP_REASONS = ("zero-area", "inverted", "non-finite", "outside image")
+# PIL modes that Detectron2's read_image converts to 8-bit RGB by clipping at 255.
+_CLIPPED_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 class DatasetError(ValueError):
@@ -72,6 +74,7 @@ class ImageHeader:
     width: int
     height: int
     format: str | None
+    mode: str | None = None  # PIL's mode, e.g. "RGB", "L", "I;16"
 
 
 def read_image_header(path: str, *, referenced_by: str | None = None) -> ImageHeader:
@@ -93,7 +96,7 @@ def read_image_header(path: str, *, referenced_by: str | None = None) -> ImageHe
     try:
         with Image.open(path) as image:
             width, height = image.size
-            image_format = image.format
+            image_format, image_mode = image.format, image.mode
             # info["exif"] is read with the header for JPEG/WebP; Image.getexif() would
             # decode the whole file for PNG, which this check must not do.
             raw_exif = image.info.get("exif")
@@ -109,7 +112,7 @@ def read_image_header(path: str, *, referenced_by: str | None = None) -> ImageHe
         ) from error
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
-    return ImageHeader(width=width, height=height, format=image_format)
+    return ImageHeader(width=width, height=height, format=image_format, mode=image_mode)
 
 
 def decode_image(path: str) -> None:
@@ -279,6 +282,11 @@ def validate_records(
             problems.append(
                 f"image {file_name} is named '{extension}' but its content is "
                 f"{header.format}; read by content"
+            )
+        if header.mode in _CLIPPED_MODES:
+            problems.append(
+                f"image {file_name} has {header.mode} pixels (16/32-bit): Detectron2 reads it "
+                f"as 8-bit RGB, clipping every value above 255; convert it to 8-bit"
             )
         stated = (record.get("width"), record.get("height"))
         if stated != (None, None) and stated != (header.width, header.height):
