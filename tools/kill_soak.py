@@ -9,7 +9,8 @@ Each round trains the project's Trainer (ResNet-18, 64 px synthetic images, batc
 child process with ``--resume``, checkpoints every ``--period`` iterations keeping the last
 ``--keep``, and saving made slow (``--save-seconds``, written in chunks) so that kills land
 inside saves. The parent kills it ``--kills`` times, either at a random moment or while a
-checkpoint is being written, then lets the last run finish. A round passes when:
+checkpoint is being written (alternately), then lets the last run finish. A round passes
+when:
 
 * the last run exits 0 and ``model_final.pth`` holds iteration ``MAX_ITER - 1``;
 * every run after a kill starts at the iteration after the checkpoint ``last_checkpoint``
@@ -170,9 +171,8 @@ def _starts(output: Path) -> list[int]:
 
 
 def _kill_once(child: subprocess.Popen, output: Path, runs_before: int, rng: random.Random,
-               args: argparse.Namespace) -> dict:
+               args: argparse.Namespace, during_save: bool) -> dict:
     """Wait until training started, then SIGKILL at a random moment or inside a save."""
-    during_save = rng.random() < 0.5
     deadline = time.monotonic() + 300
     while child.poll() is None and len(_starts(output)) <= runs_before:
         if time.monotonic() > deadline:
@@ -285,11 +285,13 @@ def run_round(output: Path, rng: random.Random, args: argparse.Namespace) -> Rou
     log = open(output / "children.log", "ab")  # noqa: SIM115 (kept open across the runs)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        for _ in range(args.kills):
+        first_in_save = rng.random() < 0.5
+        for index in range(args.kills):  # alternately inside a save and at a random moment
             runs_before = len(_starts(output))
             child = subprocess.Popen(_child_command(output, args), stdout=log, stderr=log,
                                      env=env, cwd=REPO_ROOT)
-            round_.kills.append(_kill_once(child, output, runs_before, rng, args))
+            during_save = (index % 2 == 0) == first_in_save
+            round_.kills.append(_kill_once(child, output, runs_before, rng, args, during_save))
         final = subprocess.run(_child_command(output, args), stdout=log, stderr=log, env=env,
                                cwd=REPO_ROOT, timeout=1800)
     finally:
