@@ -40,11 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from retinanet_ext.analysis import analyze_anchors
     from retinanet_ext.cli import CommandError
-    from retinanet_ext.cli.predict import reparse_trailing_flags
     from retinanet_ext.data import register_dataset_spec
     from retinanet_ext.engine import load_config
 
-    reparse_trailing_flags(args, _add_flags)
     if args.max_images is not None and args.max_images < 1:
         raise CommandError(f"--max-images must be at least 1, got {args.max_images}")
     cfg = load_config(args.config_file, args.opts)

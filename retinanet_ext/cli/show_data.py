@@ -73,9 +73,6 @@ def _as_drawn(record: dict[str, Any], mapper: Any, input_format: str) -> tuple[A
 
 
 def run(args: argparse.Namespace) -> int:
-    from retinanet_ext.cli.predict import reparse_trailing_flags
-
-    reparse_trailing_flags(args, _add_flags)
     if not args.output:
         raise CommandError("--output DIR is required: the folder for the drawn images")
     if args.num < 1:
