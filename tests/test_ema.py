@@ -16,6 +16,7 @@ from retinanet_ext.engine.ema import (
     build_model_ema,
     ema_decay,
     ema_model_weights,
+    use_ema_weights,
 )
 
 import pytest
@@ -96,6 +97,11 @@ def test_state_dict_round_trip_and_mismatch() -> None:
     assert restored.module.weight.item() == pytest.approx(2.0)
     assert ema_model_weights({EMA_CHECKPOINT_KEY: state})["weight"].item() == pytest.approx(2.0)
     assert ema_model_weights({"model": {}}) is None
+    checkpoint = {"model": {"weight": torch.zeros(1, 1)}, "iteration": 5, EMA_CHECKPOINT_KEY: state}
+    preferred = use_ema_weights(checkpoint, "x.pth")
+    assert preferred["model"]["weight"].item() == pytest.approx(2.0)
+    assert preferred["iteration"] == 5 and checkpoint["model"]["weight"].item() == 0.0
+    assert use_ema_weights({"model": {}}, "y.pth") == {"model": {}}
     with pytest.raises(CheckpointError, match="does not fit this model"):
         ModelEMA(nn.Linear(2, 1), decay=0.5).load_state_dict(state)
 

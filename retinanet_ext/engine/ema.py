@@ -20,8 +20,8 @@ With it on, the project's :class:`~retinanet_ext.engine.Trainer` (see :func:`add
 * evaluates the EMA model, not the trained one, during training (``TEST.EVAL_PERIOD``) and
   after the last iteration.
 
-:func:`ema_model_weights` reads the EMA weights out of such a checkpoint, for loaders that
-should prefer them (``--eval-only``, the Predictor).
+:func:`use_ema_weights` puts the EMA weights of such a checkpoint in place of the trained
+ones, for loaders that should prefer them (``--eval-only``, the Predictor).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "build_model_ema",
     "ema_decay",
     "ema_model_weights",
+    "use_ema_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,3 +223,17 @@ def ema_model_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     weights = {key[len(_MODULE_PREFIX):]: value for key, value in entry.items()
                if isinstance(key, str) and key.startswith(_MODULE_PREFIX)}
     return weights or None
+
+
+def use_ema_weights(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """``checkpoint`` with its EMA weights as the ``"model"`` entry, if it has them (one log
+    line says so); otherwise ``checkpoint`` unchanged. For loaders that evaluate or predict
+    (``load_weights``), never for ``--resume``."""
+    weights = ema_model_weights(checkpoint)
+    if weights is None:
+        return checkpoint
+    updates = checkpoint[EMA_CHECKPOINT_KEY].get("n_averaged")
+    logger.info("Checkpoint %s: using its EMA of the weights (entry '%s', %s updates), not "
+                "the trained weights", path, EMA_CHECKPOINT_KEY,
+                "?" if updates is None else int(updates))
+    return {**checkpoint, "model": weights}
