@@ -13,6 +13,7 @@ from retinanet_ext.analysis.coverage import (
     build_anchor_layout,
     coverage_at_training_sizes,
     feature_shapes,
+    one_thread,
     training_sizes,
 )
 from retinanet_ext.analysis.report import (
@@ -148,15 +149,17 @@ def analyze_anchors(cfg: CfgNode, dataset_names: Sequence[str] | None = None, *,
     names = list(dataset_names if dataset_names is not None else cfg.DATASETS.TRAIN)
     all_boxes, classes = training_boxes(names)
     gt = sample_images(all_boxes, max_images, seed)
-    shapes = feature_shapes(cfg)
-    today = coverage_at_training_sizes(gt, cfg, build_anchor_layout(cfg, shapes))
-    suggestion = suggest_anchors(gt, cfg, shapes, len(classes))
-    suggested = None
-    if suggestion.score > suggestion.score_today:
-        new_cfg = candidate_config(cfg, suggestion.sizes, suggestion.aspect_ratios, 1.0)
-        suggested = coverage_at_training_sizes(gt, new_cfg, build_anchor_layout(new_cfg, shapes),
-                                               input_scale=suggestion.input_scale)
-        suggested.sizes = today.sizes  # size buckets at today's input size, for comparison
+    with one_thread():
+        shapes = feature_shapes(cfg)
+        today = coverage_at_training_sizes(gt, cfg, build_anchor_layout(cfg, shapes))
+        suggestion = suggest_anchors(gt, cfg, shapes, len(classes))
+        suggested = None
+        if suggestion.score > suggestion.score_today:
+            new_cfg = candidate_config(cfg, suggestion.sizes, suggestion.aspect_ratios, 1.0)
+            suggested = coverage_at_training_sizes(
+                gt, new_cfg, build_anchor_layout(new_cfg, shapes),
+                input_scale=suggestion.input_scale)
+            suggested.sizes = today.sizes  # size buckets at today's input size, to compare
     return AnchorAnalysis(cfg=cfg, dataset_names=names, thing_classes=classes,
                           num_images=len(gt.image_sizes), num_boxes=len(gt), boxes=gt,
                           today=today, suggestion=suggestion, suggested=suggested)
@@ -176,11 +179,12 @@ def warn_if_poor_anchor_coverage(
     names = list(dataset_names if dataset_names is not None else cfg.DATASETS.TRAIN)
     gt, classes = training_boxes(names)
     gt = sample_images(gt, max_images)
-    layout = build_anchor_layout(cfg)
     best, labels = [], []
-    for size in training_sizes(cfg):
-        best.append(best_iou(resized(gt, size, cfg.INPUT.MAX_SIZE_TRAIN), layout))
-        labels.append(gt.classes)
+    with one_thread():
+        layout = build_anchor_layout(cfg)
+        for size in training_sizes(cfg):
+            best.append(best_iou(resized(gt, size, cfg.INPUT.MAX_SIZE_TRAIN), layout))
+            labels.append(gt.classes)
     shares = share_without_anchor(np.concatenate(best), np.concatenate(labels),
                                   layout.foreground_threshold, classes)
     poor = {name: share for name, share in shares.items() if share > max_share}

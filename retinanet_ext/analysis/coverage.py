@@ -21,8 +21,9 @@ numbers, and the matcher sees the same IoU values it sees in training.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from retinanet_ext.data.box_sizes import GroundTruthBoxes, resized
@@ -47,11 +48,24 @@ __all__ = [
     "build_anchor_layout",
     "coverage_at_training_sizes",
     "feature_shapes",
+    "one_thread",
     "training_sizes",
 ]
 
 SIZE_BUCKETS = (("small", 0.0, 32.0), ("medium", 32.0, 96.0), ("large", 96.0, math.inf))
 """COCO's object sizes: sqrt(area) below 32, 32 to 96, and above 96 pixels."""
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: the work here is many small tensor ops, which gain nothing
+    from more threads and lose much to their synchronisation on a busy machine (x6 here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
