@@ -86,3 +86,19 @@ def test_train_net_check_data_on_a_mutated_file(target, tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(errors) == 1, errors  # one error (it may list the bad rows below it)
     assert victim.name in result.stderr[result.stderr.index(errors[0]):], result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_readme_fuzz_command_runs(tmp_path: Path) -> None:
+    """README's command as written, with a tiny budget appended."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines()
+                if line.startswith("python tools/fuzz_datasets.py"))
+    command = line.split("#")[0].split()[1:]
+    result = subprocess.run([sys.executable, *command, "--cases", "3"], capture_output=True,
+                            text=True, timeout=600, cwd=REPO_ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    for name in ("coco", "voc", "csv"):
+        assert f"| {name} | 3 |" in result.stdout
+    assert "| 0 bytes | error | True |" in result.stdout
