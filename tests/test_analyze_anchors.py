@@ -15,7 +15,7 @@ from retinanet_ext.analysis import (
     build_anchor_layout,
     warn_if_poor_anchor_coverage,
 )
-from retinanet_ext.analysis.coverage import _AnchorGrid, training_sizes
+from retinanet_ext.analysis.coverage import _AnchorGrid, training_resize, training_sizes
 from retinanet_ext.analysis.suggest import mean_class_coverage
 from retinanet_ext.cli import main as cli_main
 from retinanet_ext.data import register_csv_dataset, validated_boxes
@@ -166,20 +166,33 @@ def test_well_covered_data_gets_no_change(new_name, tmp_path):
     assert "no candidate covers more boxes than today's anchors" in analysis.report()
 
 
-def test_training_sizes():
-    cfg = _config("INPUT.MIN_SIZE_TRAIN", "(640, 672, 800)")
-    assert training_sizes(cfg) == [640, 672, 800]
-    cfg = _config("INPUT.MIN_SIZE_TRAIN", "(640, 800)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "range")
-    assert training_sizes(cfg) == [640, 720, 800]
-    gt = resized(validated_boxes_like(), 160, 1000)
-    assert gt.image_sizes.tolist() == [[160, 320]]
+def test_training_resize_draws_sizes_as_training_does():
+    gt = validated_boxes_like(images=600)
+    cfg = _config("INPUT.MIN_SIZE_TRAIN", "(160, 200, 240)", "INPUT.MAX_SIZE_TRAIN", "1000")
+    assert training_sizes(cfg) == [160, 200, 240]
+    edges = training_resize(gt, cfg).image_sizes[:, 0]
+    assert set(edges.tolist()) == {160, 200, 240}
+    assert min(np.bincount(edges)[[160, 200, 240]]) > 150  # about a third each
+    assert np.array_equal(training_resize(gt, cfg).image_sizes[:, 0], edges)  # seeded
+    # the same draws for a scaled input, so that two configs compare box by box
+    assert np.array_equal(training_resize(gt, cfg, input_scale=2.0).image_sizes[:, 0],
+                          2 * edges)
+    cfg = _config("INPUT.MIN_SIZE_TRAIN", "(160, 240)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "range",
+                  "INPUT.MAX_SIZE_TRAIN", "1000")
+    edges = training_resize(gt, cfg).image_sizes[:, 0]
+    assert edges.min() >= 160 and edges.max() <= 240 and len(set(edges.tolist())) > 40
+    resized_gt = resized(gt, 160, 1000)
+    assert resized_gt.image_sizes[0].tolist() == [160, 320]
+    assert resized_gt.boxes[0].tolist() == [5.0, 5.0, 15.0, 25.0]
 
 
-def validated_boxes_like():
+def validated_boxes_like(images: int = 1):
+    """One 20x40 box on each of ``images`` 640x320 images."""
     from retinanet_ext.data.box_sizes import GroundTruthBoxes
 
-    return GroundTruthBoxes(np.array([[10.0, 10.0, 30.0, 50.0]]), np.array([0]), np.array([0]),
-                            np.array([[320, 640]]))
+    return GroundTruthBoxes(np.tile([[10.0, 10.0, 30.0, 50.0]], (images, 1)),
+                            np.zeros(images, dtype=np.int64), np.arange(images),
+                            np.tile([[320, 640]], (images, 1)))
 
 
 def test_warning_names_the_poorly_covered_class(new_name, tmp_path, caplog):

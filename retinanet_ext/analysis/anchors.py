@@ -11,9 +11,10 @@ from retinanet_ext.analysis.coverage import (
     BoxCoverage,
     best_iou,
     build_anchor_layout,
-    coverage_at_training_sizes,
+    coverage_at_training_resize,
     feature_shapes,
     one_thread,
+    training_resize,
     training_sizes,
 )
 from retinanet_ext.analysis.report import (
@@ -30,7 +31,7 @@ from retinanet_ext.analysis.suggest import (
     suggest_anchors,
 )
 from retinanet_ext.data import DatasetError, dataset_classes, validated_boxes
-from retinanet_ext.data.box_sizes import GroundTruthBoxes, resized
+from retinanet_ext.data.box_sizes import GroundTruthBoxes
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -111,8 +112,7 @@ class AnchorAnalysis:
         lines = [
             f"Anchor coverage of {', '.join(self.dataset_names)}: {self.num_images} images, "
             f"{self.num_boxes} boxes (crowd regions left out), at the training resize "
-            f"(shorter edge {', '.join(map(str, training_sizes(cfg)))}, longer at most "
-            f"{cfg.INPUT.MAX_SIZE_TRAIN}).",
+            f"(shorter edge {_sizes_text(cfg)}, longer at most {cfg.INPUT.MAX_SIZE_TRAIN}).",
             f"Anchors today: SIZES {list_text(per_level(generator.SIZES))}, ASPECT_RATIOS "
             f"{list_text(per_level(generator.ASPECT_RATIOS))}; "
             f"foreground IoU >= {self.today.foreground_threshold:g}; low-quality matches "
@@ -137,6 +137,17 @@ class AnchorAnalysis:
         return "\n".join(lines)
 
 
+def _sizes_text(cfg: CfgNode) -> str:
+    sizes = training_sizes(cfg)
+    if len(sizes) == 1:
+        return str(sizes[0])
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range":
+        how = "uniformly in " + " to ".join(map(str, sizes))
+    else:
+        how = "one of " + ", ".join(map(str, sizes))
+    return f"{how}, drawn per image as training does"
+
+
 def analyze_anchors(cfg: CfgNode, dataset_names: Sequence[str] | None = None, *,
                     max_images: int | None = None, seed: int = 0) -> AnchorAnalysis:
     """Coverage of the training boxes by today's anchors, a suggested change, and its coverage.
@@ -151,12 +162,12 @@ def analyze_anchors(cfg: CfgNode, dataset_names: Sequence[str] | None = None, *,
     gt = sample_images(all_boxes, max_images, seed)
     with one_thread():
         shapes = feature_shapes(cfg)
-        today = coverage_at_training_sizes(gt, cfg, build_anchor_layout(cfg, shapes))
+        today = coverage_at_training_resize(gt, cfg, build_anchor_layout(cfg, shapes))
         suggestion = suggest_anchors(gt, cfg, shapes, len(classes))
         suggested = None
         if suggestion.score > suggestion.score_today:
             new_cfg = candidate_config(cfg, suggestion.sizes, suggestion.aspect_ratios, 1.0)
-            suggested = coverage_at_training_sizes(
+            suggested = coverage_at_training_resize(
                 gt, new_cfg, build_anchor_layout(new_cfg, shapes),
                 input_scale=suggestion.input_scale)
             suggested.sizes = today.sizes  # size buckets at today's input size, to compare
@@ -179,14 +190,10 @@ def warn_if_poor_anchor_coverage(
     names = list(dataset_names if dataset_names is not None else cfg.DATASETS.TRAIN)
     gt, classes = training_boxes(names)
     gt = sample_images(gt, max_images)
-    best, labels = [], []
     with one_thread():
         layout = build_anchor_layout(cfg)
-        for size in training_sizes(cfg):
-            best.append(best_iou(resized(gt, size, cfg.INPUT.MAX_SIZE_TRAIN), layout))
-            labels.append(gt.classes)
-    shares = share_without_anchor(np.concatenate(best), np.concatenate(labels),
-                                  layout.foreground_threshold, classes)
+        best = best_iou(training_resize(gt, cfg), layout)
+    shares = share_without_anchor(best, gt.classes, layout.foreground_threshold, classes)
     poor = {name: share for name, share in shares.items() if share > max_share}
     for name, share in poor.items():
         logger.warning(

@@ -46,9 +46,10 @@ __all__ = [
     "best_iou",
     "box_coverage",
     "build_anchor_layout",
-    "coverage_at_training_sizes",
+    "coverage_at_training_resize",
     "feature_shapes",
     "one_thread",
+    "training_resize",
     "training_sizes",
 ]
 
@@ -366,7 +367,7 @@ def best_iou(gt: GroundTruthBoxes, layout: AnchorLayout) -> np.ndarray:
     """
     if len(gt) == 0:
         return np.zeros(0)
-    reference = _AnchorGrid(layout, 4 * max(layout.strides), 4 * max(layout.strides))
+    reference = _AnchorGrid(layout, 2 * max(layout.strides), 2 * max(layout.strides))
     if not reference.grid_order:
         return box_coverage(gt, layout).best_iou
     divisor = max(layout.size_divisibility, 1)
@@ -389,21 +390,29 @@ def best_iou(gt: GroundTruthBoxes, layout: AnchorLayout) -> np.ndarray:
 
 
 def training_sizes(cfg: CfgNode) -> list[int]:
-    """The shorter-edge sizes training resizes to (``MIN_SIZE_TRAIN``; both ends and the
-    middle of a ``range``)."""
+    """The shorter-edge sizes training resizes to (``MIN_SIZE_TRAIN``; for a ``range``, its
+    ends)."""
+    return sorted({int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN})
+
+
+def training_resize(gt: GroundTruthBoxes, cfg: CfgNode, input_scale: float = 1.0,
+                    seed: int = 0) -> GroundTruthBoxes:
+    """The boxes at the training resize: each image's shorter edge drawn as training draws
+    it (one of ``MIN_SIZE_TRAIN``, or uniformly in its ``range``), with ``seed`` so that
+    two configs are compared on the same draws; times ``input_scale``."""
     sizes = [int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN]
+    rng = np.random.default_rng(seed)
+    count = len(gt.image_sizes)
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) == 2:
-        return sorted({sizes[0], (sizes[0] + sizes[1]) // 2, sizes[1]})
-    return sorted(set(sizes))
+        edges = rng.integers(sizes[0], sizes[1] + 1, size=count)
+    else:
+        edges = np.asarray(sizes)[rng.integers(0, len(sizes), size=count)]
+    return resized(gt, np.round(edges * input_scale).astype(np.int64),
+                   round(cfg.INPUT.MAX_SIZE_TRAIN * input_scale))
 
 
-def coverage_at_training_sizes(
+def coverage_at_training_resize(
     gt: GroundTruthBoxes, cfg: CfgNode, layout: AnchorLayout, input_scale: float = 1.0
 ) -> BoxCoverage:
-    """:func:`box_coverage` at each training size (times ``input_scale``), pooled."""
-    parts = [
-        box_coverage(resized(gt, round(size * input_scale),
-                             round(cfg.INPUT.MAX_SIZE_TRAIN * input_scale)), layout)
-        for size in training_sizes(cfg)
-    ]
-    return BoxCoverage.concatenate(parts)
+    """:func:`box_coverage` of ``gt`` at the training resize (:func:`training_resize`)."""
+    return box_coverage(training_resize(gt, cfg, input_scale), layout)

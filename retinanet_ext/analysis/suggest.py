@@ -27,9 +27,9 @@ from retinanet_ext.analysis.coverage import (
     FeatureShapes,
     best_iou,
     build_anchor_layout,
-    training_sizes,
+    training_resize,
 )
-from retinanet_ext.data.box_sizes import GroundTruthBoxes, resized
+from retinanet_ext.data.box_sizes import GroundTruthBoxes
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -116,14 +116,9 @@ def candidate_config(cfg: CfgNode, sizes: list[list[float]], aspect_ratios: list
 def mean_class_coverage(gt: GroundTruthBoxes, cfg: CfgNode, layout: AnchorLayout,
                         num_classes: int) -> tuple[float, np.ndarray]:
     """(mean over classes, per-class array) of the share of boxes whose best anchor reaches
-    the foreground IoU, pooled over the training sizes of ``cfg``."""
-    best, classes = [], []
-    for size in training_sizes(cfg):
-        best.append(best_iou(resized(gt, size, cfg.INPUT.MAX_SIZE_TRAIN), layout))
-        classes.append(gt.classes)
-    covered = np.concatenate(best) >= layout.foreground_threshold
-    labels = np.concatenate(classes)
-    per_class = np.array([covered[labels == k].mean() if (labels == k).any() else np.nan
+    the foreground IoU, at the training resize of ``cfg``."""
+    covered = best_iou(training_resize(gt, cfg), layout) >= layout.foreground_threshold
+    per_class = np.array([covered[gt.classes == k].mean() if (gt.classes == k).any() else np.nan
                           for k in range(num_classes)])
     return float(np.nanmean(per_class)), per_class
 

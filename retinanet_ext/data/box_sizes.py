@@ -79,11 +79,14 @@ def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tu
     return ResizeShortestEdge.get_output_shape(height, width, short_edge, max_size)
 
 
-def resized(gt: GroundTruthBoxes, short_edge: int, max_size: int) -> GroundTruthBoxes:
+def resized(gt: GroundTruthBoxes, short_edge: int | np.ndarray, max_size: int) -> GroundTruthBoxes:
     """The boxes and image sizes after resizing every image's shorter edge to ``short_edge``
-    (longer edge at most ``max_size``), as Detectron2's ``ResizeShortestEdge`` does."""
+    (one size, or int[M] one per image; longer edge at most ``max_size``), as Detectron2's
+    ``ResizeShortestEdge`` does."""
+    short_edges = np.broadcast_to(np.asarray(short_edge, dtype=np.int64), (len(gt.image_sizes),))
     new_sizes = np.asarray(
-        [resized_shape(int(h), int(w), short_edge, max_size) for h, w in gt.image_sizes],
+        [resized_shape(int(h), int(w), int(edge), max_size)
+         for (h, w), edge in zip(gt.image_sizes, short_edges, strict=True)],
         dtype=np.int64,
     ).reshape(-1, 2)
     scale = new_sizes / np.maximum(gt.image_sizes, 1)  # (M, 2): y, x
