@@ -131,6 +131,11 @@ class AnchorAnalysis:
         lines.append(f"Mean over classes of 'best>=': today {100 * s.score_today:.1f}%, "
                      f"suggested {100 * s.score:.1f}%.")
         lines += [f"Note: {note}." for note in s.notes]
+        assigner = cfg.MODEL.RETINANET_EXT.ASSIGNER
+        if assigner != "IoUAssigner":
+            lines.append(f"Note: MODEL.RETINANET_EXT.ASSIGNER is {assigner}, which picks "
+                         "foreground anchors by its own rule; these numbers are for the IoU "
+                         "thresholds.")
         if self.suggested is not None:
             lines += ["Suggested config lines (paste into the YAML):", s.config_lines(cfg),
                       "or on the command line: " + s.command_line(cfg)]
@@ -182,11 +187,14 @@ def warn_if_poor_anchor_coverage(
 ) -> dict[str, float]:
     """Log a warning for each class with more than ``max_share`` of its training boxes
     without a foreground anchor (no anchor reaches the foreground IoU), pointing at
-    ``retinanet-ext analyze-anchors``. Takes a fraction of a second (vectorised).
+    ``retinanet-ext analyze-anchors``. Takes about a second (vectorised). Nothing is
+    checked when ``MODEL.RETINANET_EXT.ASSIGNER`` is not the IoU one.
 
     Returns:
         Class name -> share without a foreground anchor, for the classes warned about.
     """
+    if cfg.MODEL.RETINANET_EXT.ASSIGNER != "IoUAssigner":
+        return {}  # another assigner (ATSS) picks foreground anchors by its own rule
     names = list(dataset_names if dataset_names is not None else cfg.DATASETS.TRAIN)
     gt, classes = training_boxes(names)
     gt = sample_images(gt, max_images)
