@@ -6,6 +6,7 @@ Speed and accuracy figures come from the full runs written to benchmarks/results
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,10 +54,20 @@ def test_bench_bccd_two_seeds_summary(tmp_path: Path, datasets_root: Path) -> No
     for run in report["runs"].values():
         assert set(run) == {"retinanet_ext", "detectron2"}
         for row in run.values():
-            assert 0.0 <= row["AP50"] <= 100.0  # a number: both models detected something
+            # Detectron2's evaluator reports NaN when a model output no detection at all.
+            assert math.isfinite(row["AP50"]) and 0.0 <= row["AP50"] <= 100.0
             assert row["train_s_per_iter_median"] > 0 and row["inference_s_per_image"] > 0
-            assert 0.0 <= row["AP_code_on_other_weights"] <= 100.0  # the swapped evaluation
-    assert len(report["summary"]["AP"]["difference"]) == 2
+        # Each model's code on the other's trained weights gives the other's AP: the two
+        # implementations infer alike (fails if either's inference is broken). Seen: gaps up
+        # to 4e-4 AP points (float differences near the prior score); README: "to 0.000".
+        ours, theirs = run["retinanet_ext"], run["detectron2"]
+        assert ours["AP_code_on_other_weights"] == pytest.approx(theirs["AP"], abs=5e-3)
+        assert theirs["AP_code_on_other_weights"] == pytest.approx(ours["AP"], abs=5e-3)
+    differences = report["summary"]["AP"]["difference"]
+    assert differences == pytest.approx([report["runs"][s]["retinanet_ext"]["AP"]
+                                         - report["runs"][s]["detectron2"]["AP"]
+                                         for s in ("0", "1")])
+    assert report["summary"]["same_weights_AP_gap_max"] < 5e-3
     assert report["info"]["overrides"].startswith("INPUT.MIN_SIZE_TRAIN")
     table = output.with_suffix(".md").read_text()
     assert "| AP (mean ± sd over 2 seeds) |" in table
