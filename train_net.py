@@ -20,7 +20,7 @@ import sys
 
 import retinanet_ext  # noqa: F401  (applies the Detectron2 bridges, registers components)
 from retinanet_ext import compat
-from retinanet_ext.analysis import warn_if_poor_anchor_coverage
+from retinanet_ext.analysis import resolve_anchors_from_data, warn_if_poor_anchor_coverage
 from retinanet_ext.data import (
     DatasetError,
     check_data,
@@ -111,20 +111,24 @@ def setup(args) -> CfgNode:
     """Load and check the config; fail on a missing dataset before anything is written."""
     cfg = load_config(args.config_file, args.opts)
     resolve_device(cfg)
-    cfg.freeze()
     datasets = list(cfg.DATASETS.TEST)
-    if not args.eval_only:
+    if not args.eval_only or cfg.MODEL.RETINANET_EXT.ANCHORS_FROM_DATA:
         datasets = list(cfg.DATASETS.TRAIN) + datasets
     check_datasets_available(datasets)
     try:
         check_num_classes(cfg, datasets)
+        anchors = resolve_anchors_from_data(cfg)
     except DatasetError:
         raise
-    except ValueError as error:  # NUM_CLASSES disagrees with the data
+    except ValueError as error:  # NUM_CLASSES disagrees with the data, no training set
         raise ConfigError(str(error)) from error
+    cfg.freeze()
     default_setup(cfg, args)
     # Dataset warnings (clipped or dropped boxes) go to the console and OUTPUT_DIR/log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_ext")
+    if anchors is not None:
+        logger.info("Anchors from the training data (MODEL.RETINANET_EXT.ANCHORS_FROM_DATA): %s",
+                    anchors.summary())
     return cfg
 
 

@@ -118,6 +118,13 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     ext.SOFT_NMS_SIGMA = 0.5
     ext.SOFT_NMS_MIN_SCORE = 0.001
 
+    # Choose MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS (and, where objects are too small
+    # for the finest grid, the input size) from DATASETS.TRAIN's boxes when train_net.py
+    # starts (retinanet-ext analyze-anchors's suggestion); the config saved to OUTPUT_DIR
+    # then holds the anchors used, with this key False. A model cannot be built from a
+    # config where it is still True.
+    ext.ANCHORS_FROM_DATA = False
+
     # Anchor sizes per octave: each size x in MODEL.ANCHOR_GENERATOR.SIZES becomes
     # x * 2^(i / n) for i in 0..n-1 (paper, Sec. 4: n = 3 with SIZES [[32], [64], ..., [512]]).
     # 1 uses SIZES as given, which is what Detectron2's Base-RetinaNet.yaml expects (it

@@ -269,3 +269,39 @@ def test_bccd_coverage(new_name, datasets_root, capsys):
     today, suggested = float(platelets[3].rstrip("%")), float(platelets[8].rstrip("%"))
     assert today < 90 < suggested
     assert math.isclose(float(rows[("RBC", "all")].split()[3].rstrip("%")), 100.0)
+
+
+def test_anchors_from_data_are_resolved_at_start_and_saved(new_name, tmp_path, monkeypatch):
+    import train_net
+
+    name = register_csv_dataset(new_name(), str(_synthetic(tmp_path, {"dot": 12.0}, images=4)))
+    built = {}
+
+    class NoTraining:
+        def __init__(self, cfg):
+            built["cfg"] = cfg
+
+        def resume_or_load(self, resume):
+            pass
+
+        def train(self):
+            return {}
+
+    monkeypatch.setattr(train_net, "Trainer", NoTraining)
+    opts = [*_config_opts(), "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
+            "MODEL.RETINANET.NUM_CLASSES", "1", "OUTPUT_DIR", str(tmp_path / "out")]
+    train_net.main(train_net.build_parser().parse_args(
+        ["--config-file", QUICK, *opts, "MODEL.RETINANET_EXT.ANCHORS_FROM_DATA", "True"]))
+    cfg = built["cfg"]
+    expected = analyze_anchors(_config("MODEL.RETINANET.NUM_CLASSES", "1"), [name]).suggestion
+    assert cfg.MODEL.RETINANET_EXT.ANCHORS_FROM_DATA is False  # resolved, so buildable
+    assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == expected.sizes
+    assert cfg.INPUT.MIN_SIZE_TRAIN[0] > 320  # 12 px objects: the input is enlarged
+    saved = load_config(str(tmp_path / "out" / "config.yaml"))
+    assert saved.MODEL.ANCHOR_GENERATOR.SIZES == expected.sizes
+
+
+def test_a_model_is_not_built_from_unresolved_anchors():
+    cfg = _config("MODEL.RETINANET_EXT.ANCHORS_FROM_DATA", "True")
+    with pytest.raises(ValueError, match="OUTPUT_DIR/config.yaml"):
+        Trainer.build_model(cfg)

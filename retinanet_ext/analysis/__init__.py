@@ -10,6 +10,7 @@ From the command line: ``retinanet-ext analyze-anchors --config-file CONFIG``.
 from retinanet_ext.analysis.anchors import (
     AnchorAnalysis,
     analyze_anchors,
+    resolve_anchors_from_data,
     sample_images,
     training_boxes,
     warn_if_poor_anchor_coverage,
@@ -34,6 +35,7 @@ __all__ = [
     "BoxCoverage",
     "CoverageRow",
     "analyze_anchors",
+    "resolve_anchors_from_data",
     "best_iou",
     "box_coverage",
     "build_anchor_layout",

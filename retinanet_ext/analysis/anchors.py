@@ -37,6 +37,7 @@ import numpy as np
 from detectron2.config import CfgNode
 
 __all__ = [
+    "resolve_anchors_from_data",
     "AnchorAnalysis",
     "analyze_anchors",
     "sample_images",
@@ -179,6 +180,28 @@ def analyze_anchors(cfg: CfgNode, dataset_names: Sequence[str] | None = None, *,
     return AnchorAnalysis(cfg=cfg, dataset_names=names, thing_classes=classes,
                           num_images=len(gt.image_sizes), num_boxes=len(gt), boxes=gt,
                           today=today, suggestion=suggestion, suggested=suggested)
+
+
+def resolve_anchors_from_data(cfg: CfgNode) -> AnchorSuggestion | None:
+    """Where ``MODEL.RETINANET_EXT.ANCHORS_FROM_DATA`` is set: the suggested anchors (and input
+    size) for ``DATASETS.TRAIN`` written into ``cfg`` (not frozen), and the flag cleared, so
+    the config saved with the run holds the anchors the model was built with. Deterministic:
+    the same data and config give the same anchors.
+
+    Returns:
+        The suggestion applied, or None when the flag is not set.
+    """
+    if not cfg.MODEL.RETINANET_EXT.ANCHORS_FROM_DATA:
+        return None
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            "MODEL.RETINANET_EXT.ANCHORS_FROM_DATA needs DATASETS.TRAIN (the anchors are "
+            "chosen from the training boxes)."
+        )
+    suggestion = analyze_anchors(cfg, max_images=1000).suggestion
+    cfg.merge_from_list(suggestion.overrides(cfg))
+    cfg.MODEL.RETINANET_EXT.ANCHORS_FROM_DATA = False
+    return suggestion
 
 
 def warn_if_poor_anchor_coverage(

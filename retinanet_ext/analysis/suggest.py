@@ -67,6 +67,13 @@ class AnchorSuggestion:
                               "(" + ", ".join(str(v) for v in value) + ",)"))
         return [item for key, value in pairs for item in (key, str(value))]
 
+    def summary(self) -> str:
+        """One line: the anchors (and input scale) and the coverage before and after."""
+        scale = f", input x{self.input_scale:g}" if self.input_scale != 1.0 else ""
+        return (f"SIZES {list_text(self.sizes)}, ASPECT_RATIOS {list_text(self.aspect_ratios)}"
+                f"{scale}; boxes whose best anchor reaches the foreground IoU, mean over "
+                f"classes: {100 * self.score_today:.1f}% -> {100 * self.score:.1f}%")
+
     def command_line(self, cfg: CfgNode) -> str:
         """:meth:`overrides` quoted for a shell."""
         import shlex

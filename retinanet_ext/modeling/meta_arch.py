@@ -125,6 +125,12 @@ class RetinaNetExt(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        if retinanet_ext_node(cfg).ANCHORS_FROM_DATA:
+            raise ValueError(
+                "MODEL.RETINANET_EXT.ANCHORS_FROM_DATA is True: the anchors are chosen from the "
+                "training data when train_net.py starts. Build the model from the config it "
+                "wrote to OUTPUT_DIR/config.yaml, which holds them, or set the key False."
+            )
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
         in_features = cfg.MODEL.RETINANET.IN_FEATURES
