@@ -63,6 +63,7 @@ def test_new_config_keys_and_defaults() -> None:
         "SOFT_NMS_METHOD": "",
         "SOFT_NMS_SIGMA": 0.5,
         "SOFT_NMS_MIN_SCORE": 0.001,
+        "ANCHORS_FROM_DATA": False,
         "ANCHOR_SCALES_PER_OCTAVE": 1,
     }
 
