@@ -23,9 +23,10 @@ where it is present, and each is as narrow as the gap:
   script functions at import time execute (``fvcore.nn.focal_loss``,
   ``detectron2.modeling.box_regression``), so every command does not start with them;
   any other warning, including ``torch.jit.script``'s for other callers, still shows.
-* torch >= 2.6 loads checkpoints with ``weights_only=True``. A Detectron2 training
-  checkpoint stores fvcore's LR schedule objects; those classes are allow-listed
-  in ``torch.serialization`` so ``--resume`` works without unpickling anything else.
+* Not bridged here: torch >= 2.6 loading checkpoints ``weights_only``. The allow-list a
+  Detectron2 training checkpoint needs (fvcore's LR schedules) is scoped to each load by
+  :func:`retinanet_ext.checkpoint.safe_torch_load`; a process-wide one would be removed
+  by torch's ``safe_globals`` context manager on its first exit anyway.
 * Multi-process training on CPU (:func:`launch`): v0.6's ``launch`` asserts CUDA and
   uses NCCL, so CPU processes are started here over gloo. Inside those worker
   processes only, ``create_ddp_model`` passes no ``device_ids`` (DDP rejects them for
@@ -282,22 +283,6 @@ def _bridge_rotated_nms() -> None:
     layers.nms_rotated = nms_rotated
 
 
-def _bridge_torch_load() -> None:
-    import torch
-
-    add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
-    if add_safe_globals is None:  # torch < 2.4 loads full pickles by default
-        return
-    from fvcore.common import param_scheduler
-
-    scheduler_classes = [
-        value
-        for value in vars(param_scheduler).values()
-        if isinstance(value, type) and issubclass(value, param_scheduler.ParamScheduler)
-    ]
-    add_safe_globals(scheduler_classes)
-
-
 def apply() -> None:
     """Apply every bridge once. Idempotent; called by ``import retinanet_ext``."""
     global _applied
@@ -307,7 +292,6 @@ def apply() -> None:
         sys.meta_path.insert(0, IMPORT_BRIDGES)
     if not _bridge_compiled_extension():
         _bridge_rotated_nms()
-    _bridge_torch_load()
     _applied = True
 
 

@@ -32,10 +32,6 @@ requires_extension = pytest.mark.skipif(
 )
 
 
-class NotAllowListed:
-    """A class no bridge allow-lists for weights-only loading."""
-
-
 def run_python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
@@ -346,18 +342,17 @@ def test_describe_detectron2_names_version_and_extension_state() -> None:
     assert f"detectron2._C {expected}" in line, line
 
 
-def test_training_checkpoint_with_lr_schedule_loads_with_torch_defaults(tmp_path) -> None:
-    # torch >= 2.6 loads with weights_only=True; a Detectron2 training checkpoint
-    # stores fvcore schedule objects, which the bridge allow-lists (and nothing more).
-    from fvcore.common.param_scheduler import MultiStepParamScheduler
-
-    schedule = MultiStepParamScheduler(values=[1.0, 0.1], milestones=[5], num_updates=10)
-    path = tmp_path / "model_final.pth"
-    torch.save({"scheduler": {"_multiplier": schedule}, "iteration": 7}, path)
-    loaded = torch.load(path)
-    assert loaded["iteration"] == 7
-    assert loaded["scheduler"]["_multiplier"](0.6) == pytest.approx(0.1)
-
-    torch.save({"object": NotAllowListed()}, tmp_path / "other.pth")
-    with pytest.raises(Exception, match="weights_only"):
-        torch.load(tmp_path / "other.pth")
+def test_import_leaves_torch_load_allow_list_alone() -> None:
+    # Weights-only loading is allow-listed per load (retinanet_ext.checkpoint), not by compat.
+    result = run_python(
+        """
+        import torch
+        import retinanet_ext
+        import detectron2.engine, detectron2.checkpoint
+        added = [g for g in torch.serialization.get_safe_globals()
+                 if not getattr(g, "__module__", "").startswith("torch.")]  # torch's own DTensor
+        print("ADDED", added)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ADDED []" in result.stdout, result.stdout
