@@ -36,6 +36,7 @@ from retinanet_ext.engine import (
     Trainer,
     TrainingDivergedError,
     check_datasets_available,
+    configure_cpu_threads,
     evaluate,
     load_config,
     load_weights,
@@ -124,6 +125,7 @@ def setup(args) -> CfgNode:
         raise ConfigError(str(error)) from error
     cfg.freeze()
     default_setup(cfg, args)
+    configure_cpu_threads(cfg)
     # Dataset warnings (clipped or dropped boxes) go to the console and OUTPUT_DIR/log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_ext")
     if anchors is not None:

@@ -18,6 +18,8 @@ reach top-k and NMS, and scores are not saturated (no ties).
 
     ./run python benchmarks/bench_model.py                      # defaults
     ./run python benchmarks/bench_model.py --sizes 512x768 --infer-repeats 9
+    ./run python benchmarks/bench_model.py --variants float32,channels_last,bfloat16+channels_last \
+        --modes inference,backbone,head   # precision / memory layout (bf16: native-bf16 CPU)
 """
 
 from __future__ import annotations
@@ -48,11 +50,31 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+#: --variants tokens -> our config keys (MODEL.RETINANET_EXT.*); joined with "+".
+VARIANT_KEYS = {
+    "float32": {"PRECISION": "float32"},
+    "bfloat16": {"PRECISION": "bfloat16"},
+    "channels_last": {"CHANNELS_LAST": True},
+    "compile": {"COMPILE": True},
+}
 
-def build_models(depth: int, cls_bias: float) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(ours, theirs) with identical weights, in eval mode."""
 
-    def cfg_for(ours: bool):
+def parse_variant(name: str) -> dict:
+    """Our config keys for a variant such as ``bfloat16+channels_last``."""
+    keys: dict = {}
+    for token in name.split("+"):
+        if token not in VARIANT_KEYS:
+            raise SystemExit(f"error: unknown variant part {token!r} in {name!r}; "
+                             f"expected {sorted(VARIANT_KEYS)} joined with '+'")
+        keys.update(VARIANT_KEYS[token])
+    return keys
+
+
+def build_models(depth: int, cls_bias: float, variants: tuple[str, ...] = ("float32",)
+                 ) -> tuple[dict[str, torch.nn.Module], torch.nn.Module]:
+    """({variant: ours}, theirs) with identical weights, in eval mode; theirs is float32."""
+
+    def cfg_for(ours: bool, keys: dict | None = None):
         cfg = retinanet_ext.add_retinanet_ext_config(get_cfg())
         cfg.merge_from_file(
             model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
@@ -62,14 +84,19 @@ def build_models(depth: int, cls_bias: float) -> tuple[torch.nn.Module, torch.nn
         cfg.MODEL.RESNETS.DEPTH = depth
         if depth in (18, 34):
             cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        for key, value in (keys or {}).items():
+            setattr(cfg.MODEL.RETINANET_EXT, key, value)
         return use_retinanet_ext_components(cfg) if ours else cfg
 
     torch.manual_seed(0)
     theirs = build_model(cfg_for(False)).eval()
     calibrate_head(theirs, cls_bias)
-    ours = build_model(cfg_for(True))
-    ours.load_state_dict(theirs.state_dict())
-    return ours.eval(), theirs.eval()
+    ours = {}
+    for variant in variants:
+        model = build_model(cfg_for(True, parse_variant(variant)))
+        model.load_state_dict(theirs.state_dict())
+        ours[variant] = model.eval()
+    return ours, theirs
 
 
 def calibrate_head(model: torch.nn.Module, cls_bias: float) -> None:
@@ -170,19 +197,60 @@ def post_head_steps(
     return ours_step, theirs_step
 
 
+def network_step(model: torch.nn.Module, inputs: list[dict], part: str
+                 ) -> Callable[[], object]:
+    """Inference of the backbone alone, or of the head alone on precomputed features, in the
+    model's precision and memory layout (ours) or float32 (Detectron2's)."""
+    from retinanet_ext.modeling.precision import autocast_dtype, network_autocast
+
+    precision = getattr(model, "precision", "float32")
+    dtype = autocast_dtype(precision, "cpu")
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        with network_autocast(dtype, "cpu"):
+            all_features = model.backbone(images.tensor)
+        features = [all_features[name] for name in model.head_in_features]
+
+    def run() -> object:
+        with torch.no_grad(), network_autocast(dtype, "cpu"):
+            if part == "backbone":
+                outputs = list(model.backbone(images.tensor).values())
+            else:
+                logits, deltas = model.head(features)
+                outputs = [*logits, *deltas]
+        return str(outputs[0].dtype).replace("torch.", "")
+
+    return run
+
+
 def time_alternating(
-    ours: Callable[[], object], theirs: Callable[[], object], repeats: int
-) -> tuple[list[float], list[float], object, object]:
-    """One warm-up each, then ``repeats`` timed runs each, alternating who goes first."""
-    ours_result, theirs_result = ours(), theirs()
-    ours_times, theirs_times = [], []
+    steps: list[Callable[[], object]], repeats: int
+) -> tuple[list[list[float]], list[object], list[float]]:
+    """One warm-up each (timed: the first call, compilation included), then ``repeats``
+    timed runs each, the order rotating from one round to the next.
+
+    Returns per step: its times, its output, its first call's time."""
+    firsts, results = [], []
+    for step in steps:
+        start = time.perf_counter()
+        results.append(step())
+        firsts.append(time.perf_counter() - start)
+    times: list[list[float]] = [[] for _ in steps]
     for index in range(repeats):
-        order = [(ours, ours_times), (theirs, theirs_times)]
-        for step, times in order if index % 2 == 0 else order[::-1]:
+        order = list(range(len(steps)))
+        shift = index % len(steps)
+        order = order[shift:] + order[:shift]
+        if index % 2:
+            order.reverse()
+        for position in order:
             start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    return ours_times, theirs_times, ours_result, theirs_result
+            steps[position]()
+            times[position].append(time.perf_counter() - start)
+    return times, results, firsts
+
+
+MODES = ("inference", "train step", "backbone", "head", "post-head inference",
+         "post-head train")
 
 
 def main() -> None:
@@ -203,7 +271,15 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="inference,train step,post-head inference,post-head train",
-        help="which rows to run, comma separated",
+        help=f"which rows to run, comma separated, among {', '.join(MODES)} ('backbone', "
+        "'head': that part alone, inference)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="float32",
+        help="our model's settings, comma separated; each is parts joined with '+' among "
+        f"{sorted(VARIANT_KEYS)}, e.g. float32,channels_last,bfloat16+channels_last. "
+        "Detectron2's model is always float32.",
     )
     parser.add_argument("--cls-bias", type=float, default=-3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -227,53 +303,74 @@ def main() -> None:
         "load_average_start": load_average(),
     }
     print(json.dumps(info, indent=1), flush=True)
-    ours, theirs = build_models(args.depth, args.cls_bias)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    for variant in variants:
+        parse_variant(variant)
+    info["variants"] = ", ".join(variants)
+    if any("bfloat16" in v for v in variants):
+        from retinanet_ext.modeling.precision import cpu_description
+
+        info["cpu_bf16"] = cpu_description()
+    ours, theirs = build_models(args.depth, args.cls_bias, variants)
+    modes = [mode.strip() for mode in args.modes.split(",")]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"error: unknown --modes {sorted(unknown)}; expected among {MODES}")
 
     rows = []
     for size in args.sizes.split(","):
         height, width = (int(v) for v in size.lower().split("x"))
         scale = args.large_repeats_scale if height * width > 600_000 else 1.0
-        for mode, repeats in (
-            ("inference", args.infer_repeats),
-            ("train step", args.train_repeats),
-            ("post-head inference", args.post_repeats),
-            ("post-head train", args.post_repeats),
-        ):
-            if mode not in args.modes.split(","):
+        for mode in MODES:
+            if mode not in modes:
                 continue
             training = "train" in mode
-            if not mode.startswith("post-head"):
+            post_head = mode.startswith("post-head")
+            repeats = {"inference": args.infer_repeats, "train step": args.train_repeats,
+                       }.get(mode, args.post_repeats if post_head else args.infer_repeats)
+            if not post_head:
                 repeats = max(2, round(repeats * scale))
             inputs = make_inputs(height, width, training=training)
-            if mode.startswith("post-head"):
-                ours_step, theirs_step = post_head_steps(ours, theirs, inputs, training)
+            # The post-head stage is float32 whatever the variant: time it once.
+            mode_variants = variants[:1] if post_head else variants
+            if post_head:
+                ours_step, theirs_step = post_head_steps(
+                    ours[mode_variants[0]], theirs, inputs, training)
+                steps = [ours_step, theirs_step]
+            elif mode in ("backbone", "head"):
+                steps = [network_step(ours[v], inputs, mode) for v in mode_variants]
+                steps.append(network_step(theirs, inputs, mode))
             else:
                 make_step = training_step if training else inference_step
-                ours_step, theirs_step = make_step(ours, inputs), make_step(theirs, inputs)
-            ours_times, theirs_times, ours_out, theirs_out = time_alternating(
-                ours_step, theirs_step, repeats
-            )
-            row = {
-                "size": f"{height}x{width}",
-                "mode": mode,
-                "repeats": repeats,
-                "ours_median_s": statistics.median(ours_times),
-                "theirs_median_s": statistics.median(theirs_times),
-                "ours_min_s": min(ours_times),
-                "theirs_min_s": min(theirs_times),
-                "ours_output": ours_out,
-                "theirs_output": theirs_out,
-            }
-            row["ratio"] = row["ours_median_s"] / row["theirs_median_s"]
-            row["ratio_min"] = row["ours_min_s"] / row["theirs_min_s"]
-            rows.append(row)
-            print(
-                f"{row['size']:>9} {mode:<19} n={repeats}  ours {row['ours_median_s']:.3f}s  "
-                f"theirs {row['theirs_median_s']:.3f}s  ratio {row['ratio']:.3f} "
-                f"(of mins {row['ratio_min']:.3f})  "
-                f"(outputs: {ours_out} vs {theirs_out})",
-                flush=True,
-            )
+                steps = [make_step(ours[v], inputs) for v in mode_variants]
+                steps.append(make_step(theirs, inputs))
+            times, outputs, firsts = time_alternating(steps, repeats)
+            theirs_times, theirs_out = times[-1], outputs[-1]
+            for index, variant in enumerate(mode_variants):
+                row = {
+                    "size": f"{height}x{width}",
+                    "mode": mode,
+                    "variant": variant,
+                    "repeats": repeats,
+                    "ours_median_s": statistics.median(times[index]),
+                    "theirs_median_s": statistics.median(theirs_times),
+                    "ours_min_s": min(times[index]),
+                    "theirs_min_s": min(theirs_times),
+                    "ours_first_s": firsts[index],
+                    "ours_output": outputs[index],
+                    "theirs_output": theirs_out,
+                }
+                row["ratio"] = row["ours_median_s"] / row["theirs_median_s"]
+                row["ratio_min"] = row["ours_min_s"] / row["theirs_min_s"]
+                rows.append(row)
+                print(
+                    f"{row['size']:>9} {mode:<19} {variant:<24} n={repeats}  "
+                    f"ours {row['ours_median_s']:.3f}s (first {row['ours_first_s']:.1f}s)  "
+                    f"theirs {row['theirs_median_s']:.3f}s  ratio {row['ratio']:.3f} "
+                    f"(of mins {row['ratio_min']:.3f})  "
+                    f"(outputs: {row['ours_output']} vs {theirs_out})",
+                    flush=True,
+                )
     info["load_average_end"] = load_average()
     write_results(Path(args.out), info, rows, " ".join(sys.argv[1:]))
 
@@ -295,16 +392,20 @@ def write_results(path: Path, info: dict, rows: list[dict], argv: str) -> None:
         "their backward; or threshold, top-k, decoding, NMS) on the same precomputed head "
         "outputs: the part where the two implementations differ.",
         "",
-        "| image | mode | runs | ours median | D2 median | ratio ours/D2 | ours min | D2 min "
-        "| ratio of mins | outputs ours / D2 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Variant: our model's settings (Detectron2's is float32 in every row); 'first': our "
+        "first call, compilation included. Outputs of backbone/head rows: the dtype.",
+        "",
+        "| image | mode | variant | runs | ours median | D2 median | ratio ours/D2 | ours min "
+        "| D2 min | ratio of mins | ours first call | outputs ours / D2 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         outputs = f"{row['ours_output']} / {row['theirs_output']}"
         lines.append(
-            f"| {row['size']} | {row['mode']} | {row['repeats']} | {row['ours_median_s']:.3f} "
-            f"| {row['theirs_median_s']:.3f} | {row['ratio']:.3f} | {row['ours_min_s']:.3f} "
-            f"| {row['theirs_min_s']:.3f} | {row['ratio_min']:.3f} | {outputs} |"
+            f"| {row['size']} | {row['mode']} | {row['variant']} | {row['repeats']} "
+            f"| {row['ours_median_s']:.3f} | {row['theirs_median_s']:.3f} | {row['ratio']:.3f} "
+            f"| {row['ours_min_s']:.3f} | {row['theirs_min_s']:.3f} | {row['ratio_min']:.3f} "
+            f"| {row['ours_first_s']:.2f} | {outputs} |"
         )
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")

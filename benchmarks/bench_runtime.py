@@ -12,6 +12,7 @@ compare each runtime's detections with our PyTorch ones (``retinanet_ext.export.
 
     .venv/bin/python benchmarks/bench_runtime.py                  # R50-FPN, 512x768
     .venv/bin/python benchmarks/bench_runtime.py --size 128x192 --depth 18 --repeats 1
+    .venv/bin/python benchmarks/bench_runtime.py --variants channels_last,bfloat16+channels_last
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from retinanet_ext.export import ExportedModel, export_model  # noqa: E402
 from retinanet_ext.export.verify import compare_detections  # noqa: E402
 
 from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
-from bench_model import build_models  # noqa: E402
+from bench_model import build_models, parse_variant  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
@@ -62,13 +63,19 @@ def make_cfg(depth: int, height: int, width: int, ours: bool, weights: str):
 
 def build_runners(args, folder: str, height: int, width: int) -> dict[str, Callable]:
     """name -> function(bgr image) -> detections count; the first is our PyTorch one."""
-    ours, theirs = build_models(args.depth, args.cls_bias)
+    ours_by_variant, theirs = build_models(args.depth, args.cls_bias)
+    ours = ours_by_variant["float32"]
     weights = os.path.join(folder, "model.pth")
     torch.save({"model": ours.state_dict()}, weights)
     their_weights = os.path.join(folder, "detectron2.pth")
     torch.save({"model": theirs.state_dict()}, their_weights)
     predictor = retinanet_ext.Predictor(make_cfg(args.depth, height, width, True, weights))
     runners: dict[str, Callable] = {"retinanet_ext PyTorch": predictor}
+    for variant in args.variants:
+        cfg = make_cfg(args.depth, height, width, True, weights)
+        for key, value in parse_variant(variant).items():
+            setattr(cfg.MODEL.RETINANET_EXT, key, value)
+        runners[f"retinanet_ext PyTorch {variant}"] = retinanet_ext.Predictor(cfg)
     detectron2 = DefaultPredictor(make_cfg(args.depth, height, width, False, their_weights))
     runners["Detectron2 RetinaNet PyTorch"] = lambda bgr: detectron2(bgr)["instances"]
     formats = [("onnxruntime", "onnx", ".onnx"), ("openvino", "onnx", ".onnx"),
@@ -114,7 +121,7 @@ def parity(runners: dict[str, Callable], image: np.ndarray) -> dict[str, str]:
     reference = runners["retinanet_ext PyTorch"](image)
     out = {}
     for name, runner in runners.items():
-        if "exported" not in name:
+        if name == "retinanet_ext PyTorch" or name.startswith("Detectron2"):
             continue
         result = runner(image)
         same, box_diff, score_diff = compare_detections(reference, result)
@@ -129,10 +136,16 @@ def main() -> None:
     parser.add_argument("--size", default="512x768", help="HxW of the image")
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--variants", default="",
+                        help="more PyTorch runners of ours, comma separated, as bench_model.py's "
+                        "--variants (e.g. channels_last,bfloat16+channels_last)")
     parser.add_argument("--cls-bias", type=float, default=-3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/runtime_cpu.md"))
     args = parser.parse_args()
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in args.variants:
+        parse_variant(variant)
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.lower().split("x"))
@@ -193,7 +206,7 @@ def write_results(path: Path, info: dict, rows: list[dict], args, argv: str) -> 
         "",
         f"Median (and min) of {args.repeats} runs each, from the uint8 image to detections "
         "(pre-processing, network, post-processing), runners alternating. Ratio: median / "
-        "Detectron2's median. Parity: the runtime's detections vs our PyTorch ones.",
+        "Detectron2's median. Parity: each runner's detections vs our float32 PyTorch ones.",
         "",
         "| runner | median s | min s | ratio to Detectron2 | parity with PyTorch |",
         "| --- | --- | --- | --- | --- |",

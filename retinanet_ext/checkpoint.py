@@ -391,13 +391,16 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
     Args:
         model, save_dir, save_to_disk, checkpointables: as Detectron2's.
         max_to_keep: periodic checkpoints to keep; 0 keeps all.
+        prefer_ema: read a checkpoint's EMA of the weights (``RETINANET_EXT.EMA``) in place
+            of its trained weights, for evaluating and predicting; never for resuming.
     """
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *,
                  save_to_disk: bool | None = None, max_to_keep: int = 0,
-                 **checkpointables: Any) -> None:
+                 prefer_ema: bool = False, **checkpointables: Any) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.max_to_keep = int(max_to_keep)
+        self.prefer_ema = prefer_ema
         self._matching_heuristics = False
         self._preloaded: tuple[str, dict[str, Any]] | None = None
 
@@ -437,6 +440,10 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
             checkpoint, self._preloaded = self._preloaded[1], None
         else:
             checkpoint = read_checkpoint(filename)
+        if self.prefer_ema:
+            from retinanet_ext.engine.ema import use_ema_weights
+
+            checkpoint = use_ema_weights(checkpoint, filename)
         if self._matching_heuristics:
             checkpoint["matching_heuristics"] = True
         check_model_entry(checkpoint, self.model, filename)
@@ -557,7 +564,8 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model: torch.nn.Module, weights: str) -> dict[str, Any]:
-    """Load the checkpoint ``weights`` (a path or URL) into ``model``, safely.
+    """Load the checkpoint ``weights`` (a path or URL) into ``model``, safely; a checkpoint
+    with an EMA of the weights (``RETINANET_EXT.EMA.ENABLED``) gives its EMA weights.
 
     Returns:
         The checkpoint's other entries (e.g. ``"iteration"``, ``"retinanet_ext_metadata"``,
@@ -570,7 +578,7 @@ def load_weights(model: torch.nn.Module, weights: str) -> dict[str, Any]:
     if not weights:
         raise CheckpointError("MODEL.WEIGHTS is empty: give the checkpoint to load "
                               "(MODEL.WEIGHTS path/to/model_final.pth)")
-    checkpointer = RetinaNetExtCheckpointer(model)
+    checkpointer = RetinaNetExtCheckpointer(model, prefer_ema=True)
     try:
         return checkpointer.load(weights, checkpointables=[])
     except CheckpointError:

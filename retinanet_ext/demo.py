@@ -26,7 +26,7 @@ from typing import Any
 
 import retinanet_ext  # noqa: F401  (compatibility bridges before any detectron2 submodule)
 from retinanet_ext.data import synthetic
-from retinanet_ext.engine import Trainer, load_config
+from retinanet_ext.engine import Trainer, configure_cpu_threads, load_config
 
 import torch
 from detectron2.config import CfgNode
@@ -237,6 +237,7 @@ def run_demo(
     os.makedirs(output_dir, exist_ok=True)
     cfg = setup_demo_cfg(output_dir, config_file, opts)
     _setup_logging(output_dir)
+    configure_cpu_threads(cfg)
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
 

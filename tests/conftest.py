@@ -14,7 +14,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads at most (tiny models); OMP_NUM_THREADS when set (./run test sets 1 per route
+# when two routes run side by side).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 def pytest_report_header(config) -> list[str]:
@@ -24,6 +26,22 @@ def pytest_report_header(config) -> list[str]:
     from retinanet_ext import compat
 
     return [compat.describe_detectron2(), f"python: {sys.executable}"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``once`` run on one Detectron2 route of ``./run test`` (the default one):
+    they walk through README's commands or smoke-test benchmarks, the same on every build,
+    while the focused tests of each command's behaviour run on every route."""
+    once_route = os.environ.get("RETINANET_EXT_ONCE_ROUTE", "")
+    route = os.environ.get("RETINANET_EXT_ROUTE", "")
+    if not once_route or not route or route == once_route:
+        return
+    skip = pytest.mark.skip(
+        reason=f"route-independent walkthrough (marker 'once'): ./run test runs it on the "
+        f"'{once_route}' route; RETINANET_EXT_ONCE_ROUTE= runs it on every route")
+    for item in items:
+        if "once" in item.keywords:
+            item.add_marker(skip)
 
 
 def shared_datasets_root() -> Path:

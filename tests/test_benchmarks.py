@@ -17,7 +17,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 def run_benchmark(script: str, *args: str, env: dict | None = None) -> str:
@@ -33,9 +33,18 @@ def run_benchmark(script: str, *args: str, env: dict | None = None) -> str:
 def test_bench_model_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "model.md"
     run_benchmark("bench_model.py", "--sizes", "128x160", "--infer-repeats", "1",
-                  "--train-repeats", "1", "--out", str(out))
+                  "--train-repeats", "1", "--variants", "float32,channels_last",
+                  "--modes", "inference,train step,backbone,head,post-head inference",
+                  "--out", str(out))
     table = out.read_text()
     assert "128x160" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| 128x160")]
+    # every mode for both variants, except the post-head stage (float32 whatever the variant)
+    assert sorted((row[1], row[2]) for row in rows) == sorted(
+        [(mode, variant) for mode in ("inference", "train step", "backbone", "head")
+         for variant in ("float32", "channels_last")] + [("post-head inference", "float32")])
+    assert all(row[-1].rstrip(" |") == "float32 / float32" for row in rows
+               if row[1] in ("backbone", "head"))
     assert "torch" in table and "detectron2" in table.lower()
 
 

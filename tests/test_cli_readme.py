@@ -37,6 +37,7 @@ def localise(text: str, datasets_root: Path, out: Path) -> str:
             .replace("../shared/datasets", str(datasets_root)))
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_use_the_model_commands(datasets_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "bccd"

@@ -45,6 +45,7 @@ def test_readme_example_specs_parse():
                                             "split": "data/train/labels/classes.txt"}
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_your_own_data_commands(datasets_root: Path, tmp_path: Path) -> None:
     block = re.search(r"```bash\n(.*?)```", readme_section(), re.S).group(1)

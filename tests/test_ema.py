@@ -116,8 +116,6 @@ def test_config_errors_name_the_key(tmp_path: Path, new_name) -> None:
             build_model_ema(cfg, _linear(0.0))
 
 
-@pytest.mark.xfail(strict=True, reason="proposed to the checkpoint owner: load_weights should "
-                   "prefer a checkpoint's 'ema' entry (--eval-only, Predictor)")
 def test_load_weights_prefers_the_ema(tmp_path: Path) -> None:
     path = tmp_path / "with_ema.pth"
     torch.save({"model": {"weight": torch.full((1, 1), 1.0)},

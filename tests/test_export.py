@@ -163,19 +163,20 @@ def test_openvino_runs_the_onnx_file(predictor, exported) -> None:
     assert report.passed, report.format()
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_bench_runtime_smoke(tmp_path: Path) -> None:
     """benchmarks/bench_runtime.py runs end to end on a tiny size (plumbing, not speed)."""
     out = tmp_path / "runtime.md"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
-         "--depth", "18", "--repeats", "1", "--out", str(out)],
+         "--depth", "18", "--repeats", "1", "--variants", "channels_last", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     names = [row["runner"] for row in rows]
-    assert names[:3] == ["retinanet_ext PyTorch", "Detectron2 RetinaNet PyTorch",
-                         "onnxruntime (exported)"]
+    assert names[:4] == ["retinanet_ext PyTorch", "retinanet_ext PyTorch channels_last",
+                         "Detectron2 RetinaNet PyTorch", "onnxruntime (exported)"]
     assert all(row["median_s"] > 0 for row in rows)
-    assert "classes same" in rows[2]["parity"]
+    assert "classes same" in rows[1]["parity"] and "classes same" in rows[3]["parity"]
     assert "| onnxruntime (exported) |" in out.read_text()

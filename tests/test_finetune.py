@@ -203,6 +203,7 @@ TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
               "TEST.EVAL_PERIOD", "0"]
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_finetune_commands(datasets_root: Path, tmp_path: Path) -> None:
     commands = readme_commands("### Fine-tuning from pretrained weights")

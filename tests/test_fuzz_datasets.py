@@ -66,6 +66,7 @@ def test_voc_size_of_infinity_is_an_error_naming_the_file(tmp_path: Path) -> Non
     assert outcome.kind == "error" and xml.name in outcome.detail
 
 
+@pytest.mark.once
 @pytest.mark.slow
 @pytest.mark.parametrize("target", fuzz.FUZZ_TARGETS, ids=lambda t: t.name)
 def test_train_net_check_data_on_a_mutated_file(target, tmp_path: Path) -> None:
@@ -88,6 +89,7 @@ def test_train_net_check_data_on_a_mutated_file(target, tmp_path: Path) -> None:
     assert victim.name in result.stderr[result.stderr.index(errors[0]):], result.stderr[-3000:]
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_fuzz_command_runs(tmp_path: Path) -> None:
     """README's command as written, with a tiny budget appended."""

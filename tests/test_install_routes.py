@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,11 +106,13 @@ def test_run_test_without_a_wheel_says_so_in_one_line(tmp_path: Path) -> None:
                                      "RETINANET_EXT_TEST_ROUTES": "wheel"})
     assert result.returncode == 0, result.stderr
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    assert result.stderr.splitlines() == [
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
         f"[run] no Detectron2 wheel for Python {python} in {tmp_path.resolve()} "
         "(set RETINANET_EXT_DETECTRON2_WHEEL): testing the default route only",
         "[run] route wheel: skipped, no wheel found",
     ]
+    assert len(lines) == 3 and re.fullmatch(r"\[run\] \./run test: 0 min \d+ s in all", lines[2])
 
 
 def test_run_test_rejects_an_unknown_route() -> None:
@@ -154,3 +157,33 @@ def test_readme_wheel_install_commands_on_the_wheel_route() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert f"{Path(wheel).name} already installed" in result.stdout
+
+
+class _Item:
+    """What conftest's collection hook reads and writes on a test item."""
+
+    def __init__(self, *markers: str) -> None:
+        self.keywords = set(markers)
+        self.added: list = []
+
+    def add_marker(self, marker) -> None:
+        self.added.append(marker)
+
+
+@pytest.mark.parametrize("route, once_route, skipped", [
+    ("wheel", "default", True), ("default", "default", False),
+    ("wheel", "", False),  # RETINANET_EXT_ONCE_ROUTE= : every route runs them
+    ("", "default", False),  # pytest run by hand, not through ./run test
+])
+def test_once_tests_run_on_the_once_route_only(route, once_route, skipped, monkeypatch) -> None:
+    from tests.conftest import pytest_collection_modifyitems
+
+    monkeypatch.setenv("RETINANET_EXT_ROUTE", route)
+    monkeypatch.setenv("RETINANET_EXT_ONCE_ROUTE", once_route)
+    once, other = _Item("once", "slow"), _Item("slow")
+    pytest_collection_modifyitems(None, [once, other])
+    assert other.added == []
+    assert len(once.added) == int(skipped)
+    if skipped:
+        assert once.added[0].name == "skip"
+        assert "'default' route" in once.added[0].kwargs["reason"]

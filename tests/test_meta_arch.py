@@ -254,6 +254,7 @@ def test_channels_last_gives_the_float32_detections() -> None:
                                atol=1e-3)
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_compiled_network_keeps_keys_and_detections() -> None:
     cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)

@@ -246,6 +246,7 @@ SWEEP_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
               "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0"]
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_sweep_and_plot_focal_commands(datasets_root: Path, tmp_path: Path) -> None:
     commands = readme_commands("### Ablation sweeps and the focal-loss figures")

@@ -174,6 +174,7 @@ def test_demo_config_loads():
     assert len(cfg.MODEL.ANCHOR_GENERATOR.SIZES) == len(cfg.MODEL.RETINANET.IN_FEATURES)
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_main_command_end_to_end(tmp_path):
     # README's first command, `./run main`, with a tiny budget: the install is already

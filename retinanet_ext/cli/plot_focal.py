@@ -31,7 +31,7 @@ NUMBERS_FILE = "focal_loss.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, metavar="DIR",
+    parser.add_argument("--output", metavar="DIR",
                         help="folder for the PNGs and focal_loss.json")
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=FORMAT:...",
                         help="register a dataset (as train_net.py's --dataset); repeatable")
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         worked_values,
     )
 
+    if not args.output:
+        raise CommandError("--output DIR is required: the folder for the PNGs and focal_loss.json")
     gammas = _parse_gammas(args.gammas)
     if args.max_images < 1:
         raise CommandError(f"--max-images must be at least 1, got {args.max_images}")

@@ -23,11 +23,7 @@ import os
 import sys
 from typing import Any
 
-from retinanet_ext.cli import (  # noqa: F401  (reparse_trailing_flags: older imports)
-    CommandError,
-    add_config_arguments,
-    reparse_trailing_flags,
-)
+from retinanet_ext.cli import CommandError, add_config_arguments
 
 HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
 
@@ -98,10 +94,13 @@ def _build_model(args: argparse.Namespace) -> Any:
                                "pip install onnxruntime (or openvino)") from error
     if not args.config_file:
         raise CommandError("give --config-file C MODEL.WEIGHTS W, or --model FILE")
+    from retinanet_ext.engine import configure_cpu_threads
     from retinanet_ext.predictor import Predictor
 
-    return Predictor(args.config_file, opts=args.opts, score_thresh=args.score_thresh,
-                     batch_size=1)
+    predictor = Predictor(args.config_file, opts=args.opts, score_thresh=args.score_thresh,
+                          batch_size=1)
+    configure_cpu_threads(predictor.cfg)
+    return predictor
 
 
 def _drawn_name(path: str, used: set[str]) -> str:

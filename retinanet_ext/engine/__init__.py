@@ -9,6 +9,7 @@ from retinanet_ext.engine.setup import (
     load_config,
     resolve_device,
 )
+from retinanet_ext.engine.threads import available_cpus, configure_cpu_threads
 from retinanet_ext.engine.trainer import CheckpointError, Trainer, evaluate, load_weights
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "MissingDatasetError",
     "Trainer",
     "TrainingDivergedError",
+    "available_cpus",
     "check_config",
     "check_datasets_available",
+    "configure_cpu_threads",
     "evaluate",
     "load_config",
     "load_weights",

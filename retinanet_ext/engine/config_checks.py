@@ -126,6 +126,8 @@ def _check_solver(cfg: CfgNode) -> None:
     _in_range(cfg, "TEST.DETECTIONS_PER_IMAGE", 1, None, integer=True)
     if "RETINANET_EXT" in cfg and "CHECKPOINT_MAX_TO_KEEP" in cfg.RETINANET_EXT:
         _in_range(cfg, "RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", 0, None, integer=True)
+    if "RETINANET_EXT" in cfg and "NUM_THREADS" in cfg.RETINANET_EXT:
+        _in_range(cfg, "RETINANET_EXT.NUM_THREADS", 0, None, integer=True)
 
 
 def _warn_ignored_rcnn_keys(cfg: CfgNode) -> None:
