@@ -126,3 +126,19 @@ def test_train_net_prints_one_error_line(data_dir: Path, tmp_path: Path) -> None
     assert "training diverged at iteration" in errors[0]
     assert "learning rate 1000" in errors[0] and str(data_dir / "train") in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_huge_but_finite_gradients_are_no_divergence() -> None:
+    # Their norm overflows float32 (the guard's fast check), but every gradient is finite.
+    from retinanet_ext.engine.guard import NonFiniteGuard
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NonFiniteGuard(model, optimizer, 0.1, 2)
+    guard._param_names = {id(p): name for name, p in model.named_parameters()}  # before_train's
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 3e38)
+    guard._before_step(optimizer, (), {})  # no error
+    model.bias.grad[0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="the gradient of bias is not finite"):
+        guard._before_step(optimizer, (), {})

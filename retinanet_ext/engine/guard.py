@@ -79,7 +79,13 @@ class NonFiniteGuard(HookBase):
                   if p.grad is not None]
         if not params:
             return
-        finite = torch.stack([torch.isfinite(p.grad).all() for p in params])
+        # One fused pass (torch's foreach norm): the norm of all gradients is finite when each
+        # one is. Only then (rare) is each parameter looked at, to name the culprit; a norm that
+        # overflows with every gradient finite is no divergence yet.
+        grads = [p.grad for p in params]
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))):
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads])
         if bool(finite.all()):
             return
         bad = [self._param_names.get(id(p), "?") for p, ok in zip(params, finite.tolist(),
