@@ -162,7 +162,8 @@ def test_readme_wheel_install_commands_on_the_wheel_route() -> None:
 class _Item:
     """What conftest's collection hook reads and writes on a test item."""
 
-    def __init__(self, *markers: str) -> None:
+    def __init__(self, nodeid: str, *markers: str) -> None:
+        self.nodeid = nodeid
         self.keywords = set(markers)
         self.added: list = []
 
@@ -170,20 +171,24 @@ class _Item:
         self.added.append(marker)
 
 
-@pytest.mark.parametrize("route, once_route, skipped", [
-    ("wheel", "default", True), ("default", "default", False),
-    ("wheel", "", False),  # RETINANET_EXT_ONCE_ROUTE= : every route runs them
-    ("", "default", False),  # pytest run by hand, not through ./run test
+@pytest.mark.parametrize("route, once_route, runs", [
+    ("wheel", "default", ""), ("default", "default", "abc"),
+    ("wheel", "", "abc"),  # RETINANET_EXT_ONCE_ROUTE= : every route runs them
+    ("", "default", "abc"),  # pytest run by hand, not through ./run test
+    ("default", "default,wheel", "ac"), ("wheel", "default,wheel", "b"),  # dealt out by name
 ])
-def test_once_tests_run_on_the_once_route_only(route, once_route, skipped, monkeypatch) -> None:
+def test_once_tests_are_dealt_out_between_routes(route, once_route, runs, monkeypatch) -> None:
     from tests.conftest import pytest_collection_modifyitems
 
     monkeypatch.setenv("RETINANET_EXT_ROUTE", route)
     monkeypatch.setenv("RETINANET_EXT_ONCE_ROUTE", once_route)
-    once, other = _Item("once", "slow"), _Item("slow")
-    pytest_collection_modifyitems(None, [once, other])
-    assert other.added == []
-    assert len(once.added) == int(skipped)
-    if skipped:
-        assert once.added[0].name == "skip"
-        assert "'default' route" in once.added[0].kwargs["reason"]
+    items = [_Item("t.py::c", "once", "slow"), _Item("t.py::a", "once"), _Item("t.py::x", "slow"),
+             _Item("t.py::b", "once")]
+    pytest_collection_modifyitems(None, items)
+    assert items[2].added == []
+    ran = "".join(sorted(item.nodeid[-1] for item in items if "once" in item.keywords
+                         and not item.added))
+    assert ran == runs
+    for item in items:
+        for marker in item.added:
+            assert marker.name == "skip" and "marker 'once'" in marker.kwargs["reason"]
