@@ -105,6 +105,7 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     ext.PRECISION = "float32"
     # Channels-last memory layout for the backbone, head and input batch (float32 outputs
     # equal to rounding, not bit for bit; see benchmarks/results for where it is faster).
+    # On with bfloat16 on a CPU whatever this says: bf16 convolutions are fast only there.
     ext.CHANNELS_LAST = False
     # torch.compile the backbone and head (not the post-processing, whose shapes vary): the
     # first forward at each new input shape compiles (tens of seconds on a CPU).

@@ -273,3 +273,19 @@ def test_compiled_network_keeps_keys_and_detections() -> None:
         theirs = reference(inputs)[0]["instances"]
     assert len(ours) == len(theirs) > 0
     torch.testing.assert_close(ours.scores, theirs.scores, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision, native, expected", [
+    ("bfloat16", True, True), ("auto", True, True), ("auto", False, False),
+    ("float32", True, False), ("bfloat16", False, False),  # refused at the first forward
+])
+def test_bfloat16_on_a_cpu_comes_with_channels_last(precision, native, expected, monkeypatch):
+    from retinanet_ext.modeling import meta_arch
+
+    monkeypatch.setattr(meta_arch, "cpu_bf16_flags", lambda: ("avx512_bf16",) if native else ())
+    cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
+    cfg.MODEL.RETINANET_EXT.PRECISION = precision
+    model = build_model(cfg)
+    assert model.channels_last is expected
+    conv = model.backbone.bottom_up.stem.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) is expected
