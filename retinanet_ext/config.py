@@ -137,9 +137,11 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, the newest ones; 0 keeps
     # all. model_final.pth and the one last_checkpoint names are never removed.
     cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP = 0
-    # CPU threads of the model (torch.set_num_threads) in train_net.py, retinanet-ext and the
-    # Predictor: 0 uses the CPUs this process may run on (affinity and cgroup quota; PyTorch's
-    # own default counts the host's cores, too many in a CPU-limited container).
+    # CPU threads of the model (torch.set_num_threads) in train_net.py (training, evaluation,
+    # the demo) and retinanet-ext predict; a Predictor in your own program leaves your
+    # setting alone. 0: OMP_NUM_THREADS if set, else the CPUs this process may run on
+    # (affinity and cgroup quota; PyTorch's own default counts the host's cores, too many in
+    # a CPU-limited container).
     cfg.RETINANET_EXT.NUM_THREADS = 0
 
     # Exponential moving average of the weights, evaluated instead of them during and after
