@@ -326,10 +326,11 @@ def main() -> None:
                 continue
             training = "train" in mode
             post_head = mode.startswith("post-head")
-            repeats = {"inference": args.infer_repeats, "train step": args.train_repeats,
-                       }.get(mode, args.post_repeats if post_head else args.infer_repeats)
-            if not post_head:
-                repeats = max(2, round(repeats * scale))
+            if post_head:
+                repeats = args.post_repeats
+            else:  # inference, backbone and head rows take --infer-repeats
+                base = args.train_repeats if mode == "train step" else args.infer_repeats
+                repeats = max(2, round(base * scale))
             inputs = make_inputs(height, width, training=training)
             # The post-head stage is float32 whatever the variant: time it once.
             mode_variants = variants[:1] if post_head else variants
