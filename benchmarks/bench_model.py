@@ -54,8 +54,12 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 VARIANT_KEYS = {
     "float32": {"PRECISION": "float32"},
     "bfloat16": {"PRECISION": "bfloat16"},
+    "float16": {"PRECISION": "float16"},  # CUDA only (benchmarks/bench_gpu.py)
     "channels_last": {"CHANNELS_LAST": True},
     "compile": {"COMPILE": True},
+    # Benchmark only: NCHW even where the precision would switch channels-last on by itself
+    # (meta_arch.reduced_precision_layout), to time what that switch gains.
+    "nchw": {},
 }
 
 
@@ -70,16 +74,18 @@ def parse_variant(name: str) -> dict:
     return keys
 
 
-def build_models(depth: int, cls_bias: float, variants: tuple[str, ...] = ("float32",)
+def build_models(depth: int, cls_bias: float, variants: tuple[str, ...] = ("float32",),
+                 device: str = "cpu", calibrate_norms: bool = False
                  ) -> tuple[dict[str, torch.nn.Module], torch.nn.Module]:
-    """({variant: ours}, theirs) with identical weights, in eval mode; theirs is float32."""
+    """({variant: ours}, theirs) with identical weights, in eval mode on ``device``; theirs is
+    float32. ``calibrate_norms``: :func:`calibrate_frozen_norms` first (needed for float16)."""
 
     def cfg_for(ours: bool, keys: dict | None = None):
         cfg = retinanet_ext.add_retinanet_ext_config(get_cfg())
         cfg.merge_from_file(
             model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
         )
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = device
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.RESNETS.DEPTH = depth
         if depth in (18, 34):
@@ -90,13 +96,45 @@ def build_models(depth: int, cls_bias: float, variants: tuple[str, ...] = ("floa
 
     torch.manual_seed(0)
     theirs = build_model(cfg_for(False)).eval()
+    if calibrate_norms:
+        calibrate_frozen_norms(theirs)
     calibrate_head(theirs, cls_bias)
     ours = {}
     for variant in variants:
         model = build_model(cfg_for(True, parse_variant(variant)))
+        if "nchw" in variant.split("+"):
+            model.channels_last = False
+            for part in (model.backbone, model.head):
+                part.to(memory_format=torch.contiguous_format)
         model.load_state_dict(theirs.state_dict())
         ours[variant] = model.eval()
     return ours, theirs
+
+
+def calibrate_frozen_norms(model: torch.nn.Module) -> None:
+    """Give every frozen BatchNorm of the backbone the statistics of its input on a calibration
+    image, as training would: each then outputs zero-mean, unit-variance channels.
+
+    With identity statistics, activations of a random-init ResNet grow with depth past float16's
+    range (65504) in R101 at 800x1333: under float16 autocast everything becomes inf/NaN and
+    there is nothing left to time. One forward pass; each layer's statistics are set by a
+    pre-hook just before it runs, so later layers see the calibrated earlier ones.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    def set_statistics(module: torch.nn.Module, args: tuple) -> None:
+        x = args[0].detach().float()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)) + module.eps)
+
+    norms = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    handles = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
+    try:
+        with torch.no_grad():
+            model.backbone(model.preprocess_image(make_inputs(512, 768, training=False)).tensor)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def calibrate_head(model: torch.nn.Module, cls_bias: float) -> None:

@@ -99,13 +99,13 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
 
     # Numeric precision of the backbone and head (retinanet_ext/modeling/precision.py):
     # "float32" (exact), "bfloat16" (CUDA, or a CPU with native bf16: AVX512-BF16/AMX; refused
-    # elsewhere), "float16" (CUDA; training also needs SOLVER.AMP.ENABLED for its gradient
-    # scaler) or "auto" (bfloat16 where native, else float32 with a warning). Anchors,
+    # elsewhere), "float16" (CUDA; training turns SOLVER.AMP.ENABLED on for Detectron2's
+    # gradient scaler) or "auto" (bfloat16 where native, else float32 with a warning). Anchors,
     # decoding, NMS and the losses stay float32.
     ext.PRECISION = "float32"
     # Channels-last memory layout for the backbone, head and input batch (float32 outputs
     # equal to rounding, not bit for bit; see benchmarks/results for where it is faster).
-    # On with bfloat16 on a CPU whatever this says: bf16 convolutions are fast only there.
+    # On whatever this says with bfloat16 on a CPU and float16/bfloat16 on CUDA (measured faster).
     ext.CHANNELS_LAST = False
     # torch.compile the backbone and head (not the post-processing, whose shapes vary): the
     # first forward at each new input shape compiles (tens of seconds on a CPU).

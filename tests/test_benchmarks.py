@@ -48,6 +48,34 @@ def test_bench_model_writes_its_table(tmp_path: Path) -> None:
     assert "torch" in table and "detectron2" in table.lower()
 
 
+def test_bench_gpu_refuses_without_cuda_and_its_models_survive_float16() -> None:
+    """The GPU benchmark (run on a CUDA machine; figures in benchmarks/results/model_gpu.md)
+    says what it needs on a CPU-only machine; its calibrated models keep R101's activations
+    within float16's range (with identity frozen-BN statistics they overflow to inf)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py")],
+                                capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert result.returncode == 1 and "needs a CUDA device" in result.stderr
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_model
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    inputs = bench_model.make_inputs(256, 384, training=False)
+    peaks = {}
+    for calibrate in (False, True):
+        ours, theirs = bench_model.build_models(101, -3.0, ("float32", "channels_last+nchw"),
+                                                calibrate_norms=calibrate)
+        with torch.no_grad():
+            features = theirs.backbone(theirs.preprocess_image(inputs).tensor)
+        peaks[calibrate] = max(float(f.abs().max()) for f in features.values())
+        nchw = ours["channels_last+nchw"]
+        assert not nchw.channels_last and nchw.backbone.bottom_up.stem.conv1.weight.is_contiguous()
+    assert peaks[False] > 65504 > 100 > peaks[True], peaks
+
+
 def test_bench_bccd_two_seeds_summary(tmp_path: Path, datasets_root: Path) -> None:
     output = tmp_path / "bccd"
     run_benchmark(

@@ -289,3 +289,12 @@ def test_bfloat16_on_a_cpu_comes_with_channels_last(precision, native, expected,
     assert model.channels_last is expected
     conv = model.backbone.bottom_up.stem.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+def test_reduced_precision_on_cuda_comes_with_channels_last() -> None:
+    from retinanet_ext.modeling.meta_arch import reduced_precision_layout
+
+    for precision in ("float16", "bfloat16", "auto"):
+        assert reduced_precision_layout(precision, "cuda") is True
+        assert reduced_precision_layout(precision, "cuda:1") is True
+    assert reduced_precision_layout("float32", "cuda") is False

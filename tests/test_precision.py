@@ -114,3 +114,38 @@ def test_bf16_training_step_gives_float32_losses_close_to_float32() -> None:
     for key, value in losses["fp32"].items():
         assert losses["bf16"][key].dtype == torch.float32
         assert losses["bf16"][key].item() == pytest.approx(value.item(), rel=0.05)
+
+
+def test_float16_on_cuda_trains_with_detectron2s_gradient_scaler() -> None:
+    from retinanet_ext.engine.trainer import with_gradient_scaler
+
+    cfg = retinanet_cfg(ours=True, num_classes=3)
+    cfg.freeze()
+    assert with_gradient_scaler(cfg) is cfg  # float32 on a CPU: untouched
+    for device, value, amp in (("cuda", "float16", True), ("cuda", "bfloat16", False),
+                               ("cuda", "float32", False)):
+        changed = cfg.clone()
+        changed.defrost()
+        changed.MODEL.DEVICE, changed.MODEL.RETINANET_EXT.PRECISION = device, value
+        changed.freeze()
+        result = with_gradient_scaler(changed)
+        assert result.SOLVER.AMP.ENABLED is amp, (device, value)
+        assert result.is_frozen() and not changed.SOLVER.AMP.ENABLED  # a copy, still frozen
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_float16_training_on_cuda_uses_a_gradient_scaler(tmp_path) -> None:
+    from retinanet_ext.engine import Trainer
+
+    from _tiny_training import register_synthetic, synthetic_dataset, tiny_cfg
+    from detectron2.engine import AMPTrainer
+
+    register_synthetic(synthetic_dataset(tmp_path / "data"), "fp16_cuda_train", "fp16_cuda_val")
+    cfg = tiny_cfg(tmp_path / "out", "fp16_cuda_train", "fp16_cuda_val",
+                   "MODEL.DEVICE", "cuda", "MODEL.RETINANET_EXT.PRECISION", "float16",
+                   "SOLVER.MAX_ITER", "5")
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)  # DefaultTrainer's own attribute
+    trainer.train()
+    assert trainer._trainer.grad_scaler.get_scale() > 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -17,6 +17,7 @@ from retinanet_ext.engine.ema import add_ema_hooks
 from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
 from retinanet_ext.evaluation import COCOBoxEvaluator, EvaluationBackendError, watch_highest_score
+from retinanet_ext.modeling.precision import autocast_dtype
 
 import torch
 from detectron2.config import CfgNode
@@ -25,7 +26,8 @@ from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "ProgressLoader", "Trainer", "evaluate", "load_weights"]
+__all__ = ["CheckpointError", "ProgressLoader", "Trainer", "evaluate", "load_weights",
+           "with_gradient_scaler"]
 
 
 class ProgressLoader:
@@ -71,7 +73,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode) -> None:
         check_config(cfg)
-        super().__init__(cfg)
+        super().__init__(with_gradient_scaler(cfg))
         # Class names and input format travel in every checkpoint (engine/metadata.py).
         attach_metadata(self.checkpointer, cfg)
         self.register_hooks([NonFiniteGuard(
@@ -120,6 +122,30 @@ class Trainer(DefaultTrainer):
         no-detections report (:func:`~retinanet_ext.evaluation.watch_highest_score`)."""
         with watch_highest_score(model):
             return super().test(cfg, model, evaluators)
+
+
+def with_gradient_scaler(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with ``SOLVER.AMP.ENABLED`` on where the network trains in float16 on CUDA.
+
+    float16 gradients underflow without a loss scaler; Detectron2's ``AMPTrainer`` (chosen by
+    ``SOLVER.AMP.ENABLED``) brings one (``GradScaler``) on both Detectron2 versions. bfloat16
+    needs none (float32's exponent range) and float32 none at all, so only
+    ``MODEL.RETINANET_EXT.PRECISION`` float16 (or auto resolving to it) on CUDA switches it on.
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "RetinaNetExt" or cfg.SOLVER.AMP.ENABLED:
+        return cfg
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    if device_type != "cuda" or autocast_dtype(cfg.MODEL.RETINANET_EXT.PRECISION,
+                                               device_type) != torch.float16:
+        return cfg
+    logger.info("MODEL.RETINANET_EXT.PRECISION %s on CUDA trains in float16: SOLVER.AMP.ENABLED "
+                "set to True (Detectron2's AMPTrainer, with its gradient scaler).",
+                cfg.MODEL.RETINANET_EXT.PRECISION)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.freeze()
+    return cfg
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:

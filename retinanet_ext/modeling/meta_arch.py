@@ -177,7 +177,8 @@ class RetinaNetExt(DenseDetector):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "soft_nms": soft_nms or None,
             "precision": ext.PRECISION,
-            "channels_last": ext.CHANNELS_LAST or _bf16_on_cpu(ext.PRECISION, cfg.MODEL.DEVICE),
+            "channels_last": ext.CHANNELS_LAST or reduced_precision_layout(
+                ext.PRECISION, cfg.MODEL.DEVICE),
             "compile_network": ext.COMPILE,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
@@ -270,11 +271,19 @@ class RetinaNetExt(DenseDetector):
         self.visualize_training(inputs, [results[0].to("cpu")])
 
 
-def _bf16_on_cpu(precision: str, device: str) -> bool:
-    """Whether the network runs in bfloat16 on a CPU with native bf16: there channels-last
-    comes with it, bf16's convolutions being fast only in that layout (R50-FPN inference at
-    512x768: bf16 0.63x Detectron2's float32 time, bf16 + channels-last 0.34x;
-    benchmarks/results/model_cpu_precision.md)."""
-    if not str(device).startswith("cpu") or precision not in ("bfloat16", "auto"):
+def reduced_precision_layout(precision: str, device: str) -> bool:
+    """Whether ``precision`` on ``device`` switches channels-last on by itself: the network runs
+    in reduced precision, whose convolutions are fastest in that layout.
+
+    CPU: bfloat16 (or auto) where the CPU has native bf16 (R50-FPN inference at 512x768: bf16
+    0.63x Detectron2's float32 time, bf16 + channels-last 0.34x;
+    benchmarks/results/model_cpu_precision.md). CUDA: float16, bfloat16 or auto (tensor cores
+    read NHWC; H100, R50/R101-FPN 800x1333: inference at batch 8 1.02-1.14x and the AMP
+    training step 1.17-1.22x the speed of NCHW; benchmarks/results/model_gpu.md).
+    """
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        return precision in ("float16", "bfloat16", "auto")
+    if device_type != "cpu" or precision not in ("bfloat16", "auto"):
         return False
     return bool(cpu_bf16_flags())
