@@ -32,7 +32,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import hooks
 
-__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "add_demo_config", "run_demo", "setup_demo_cfg"]
+__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "add_demo_config", "prepare_data", "run_demo",
+           "setup_demo_cfg"]
 
 logger = logging.getLogger("retinanet_ext.demo")
 
@@ -151,7 +152,7 @@ def _setup_logging(output_dir: str) -> None:
             setup_logger(output_dir, distributed_rank=comm.get_rank(), name=name)
 
 
-def _prepare_data(cfg: CfgNode) -> tuple[dict[str, Any], dict[str, str]]:
+def prepare_data(cfg: CfgNode) -> tuple[dict[str, Any], dict[str, str]]:
     """Generate (or reuse) the synthetic data set and register its splits."""
     data = synthetic.generate_synthetic_dataset(
         cfg.DEMO.DATA_DIR,
@@ -243,7 +244,7 @@ def run_demo(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data, names = _prepare_data(cfg)
+    data, names = prepare_data(cfg)
     timings["data"] = time.perf_counter() - t0
     logger.info("Synthetic data %s in %.1fs at %s: %s", "reused" if data["reused"] else
                 "generated", timings["data"], cfg.DEMO.DATA_DIR, json.dumps(data["class_counts"]))

@@ -116,3 +116,28 @@ def test_training_drift_prints_the_gap() -> None:
     stdout = run_benchmark("training_drift.py", "--steps", "2")
     lines = [line for line in stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     assert len(lines) == 2, stdout
+
+
+def test_precision_accuracy_writes_its_table(tmp_path: Path) -> None:
+    """benchmarks/precision_accuracy.py evaluates one checkpoint per precision (here float32
+    and auto, which is float32 on a CPU without native bf16) and tabulates the differences."""
+    from retinanet_ext.demo import setup_demo_cfg
+
+    import torch
+    from detectron2.modeling import build_model
+
+    opts = ["DEMO.NUM_TRAIN", "4", "DEMO.NUM_VAL", "4", "DEMO.DATA_DIR", str(tmp_path / "data"),
+            "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    torch.manual_seed(0)
+    model = build_model(setup_demo_cfg(str(tmp_path / "build"), None, opts))
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    out = tmp_path / "accuracy.md"
+    run_benchmark("precision_accuracy.py", "--demo", "--weights", str(weights),
+                  "--precisions", "float32,auto", "--out", str(out), *opts)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+            for line in out.read_text().splitlines() if line.startswith("| AP")}
+    assert {"AP", "AP50", "AP-circle"} <= set(rows)
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert set(results) == {"float32", "auto"}
+    assert math.isfinite(results["float32"]["bbox"]["AP50"])

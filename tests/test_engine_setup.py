@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted(
+    (REPO_ROOT / "configs" / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
@@ -29,7 +30,7 @@ def test_every_config_is_safe_yaml_and_loads(config: Path) -> None:
     # The demo's config carries the demo's own keys (DEMO.*), added by the demo.
     add_keys = add_demo_config if config.name == "retinanet_demo_synthetic.yaml" else None
     cfg = load_config(str(config), add_keys=add_keys)
-    if config.name.startswith(("retinanet_R", "Base-")):
+    if config.name.startswith(("retinanet_R", "Base-")) or config.parent.name == "recipes":
         assert cfg.MODEL.META_ARCHITECTURE == "RetinaNetExt"
         assert cfg.MODEL.ANCHOR_GENERATOR.NAME == "RetinaNetExtAnchorGenerator"
 

@@ -1,0 +1,64 @@
+"""README's small-data recipe commands, run as written (tiny budgets appended): training with
+configs/recipes/small_data_R18_FPN.yaml (anchors chosen from the data at start-up), then the
+precision-accuracy benchmark on the model it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from retinanet_ext.engine import load_config
+
+import pytest
+import yaml
+from test_cli_readme import TRAIN_TINY, localise
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_TINY = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "224"]
+
+
+def readme_block_after(marker: str) -> list[str]:
+    """The commands of the first bash block after ``marker`` in README.md."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index(marker):], re.S).group(1)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+@pytest.mark.once
+@pytest.mark.slow
+def test_readme_recipe_and_precision_accuracy_commands(datasets_root: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "bccd"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    (train,) = readme_block_after("`configs/recipes/small_data_R18_FPN.yaml` is a first version")
+    argv = shlex.split(localise(train, datasets_root, out))
+    assert argv[:2] == ["python", "train_net.py"]
+    result = subprocess.run([sys.executable, str(REPO_ROOT / argv[1]), *argv[2:], *TRAIN_TINY,
+                             *TEST_TINY], capture_output=True, text=True, timeout=900,
+                            cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    assert (out / "model_final.pth").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    # The anchors used are written out, chosen from the data (not the quick config's).
+    assert saved["MODEL"]["RETINANET_EXT"]["ANCHORS_FROM_DATA"] is False
+    quick = load_config(str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml"))
+    assert saved["MODEL"]["ANCHOR_GENERATOR"]["SIZES"] != quick.MODEL.ANCHOR_GENERATOR.SIZES
+
+    commands = readme_block_after("What bf16 costs a trained model")
+    assert len(commands) == 2 and "--demo" in commands[0]  # the --demo one: test_benchmarks.py
+    argv = shlex.split(localise(commands[1], datasets_root, out))
+    report = tmp_path / "accuracy.md"
+    argv[argv.index("--out") + 1] = str(report)
+    # auto: bfloat16 where the CPU has it natively, float32 elsewhere (bfloat16 is refused there)
+    argv = [sys.executable, str(REPO_ROOT / argv[2]), "--precisions", "float32,auto", *argv[3:]]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+                            env=env)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    results = json.loads(report.with_suffix(".json").read_text())["results"]
+    assert set(results) == {"float32", "auto"}
+    assert "AP-Platelets" in results["float32"]["bbox"]
