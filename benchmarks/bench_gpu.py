@@ -35,7 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model, load_average  # noqa: E402
-from bench_model import REPO_ROOT, build_models, make_inputs, parse_variant  # noqa: E402
+from bench_model import (  # noqa: E402
+    REPO_ROOT,
+    build_models,
+    make_inputs,
+    parse_variant,
+    time_alternating,
+)
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 
@@ -93,30 +99,6 @@ def amp_training_step(model: torch.nn.Module, inputs: list[dict], outer_autocast
     return run
 
 
-def time_alternating(steps: list[Callable[[], object]], repeats: int, warmup: int
-                     ) -> tuple[list[list[float]], list[object]]:
-    """``warmup`` untimed calls each (cuDNN autotuning, allocator), then ``repeats`` timed
-    rounds, the order rotating and reversing from one round to the next."""
-    import time
-
-    outputs = [None] * len(steps)
-    for index, step in enumerate(steps):
-        for _ in range(warmup):
-            outputs[index] = step()
-    times: list[list[float]] = [[] for _ in steps]
-    for round_index in range(repeats):
-        order = list(range(len(steps)))
-        shift = round_index % len(steps)
-        order = order[shift:] + order[:shift]
-        if round_index % 2:
-            order.reverse()
-        for position in order:
-            start = time.perf_counter()
-            steps[position]()
-            times[position].append(time.perf_counter() - start)
-    return times, outputs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", default="50,101")
@@ -165,7 +147,7 @@ def main() -> None:
             steps = [inference_step(theirs, inputs, amp=False),
                      inference_step(theirs, inputs, amp=True)]
             steps += [inference_step(ours[v], inputs, amp=False) for v in variants]
-            times, outputs = time_alternating(steps, args.infer_repeats, args.warmup)
+            times, outputs, _ = time_alternating(steps, args.infer_repeats, args.warmup)
             medians = [statistics.median(t) for t in times]
             for index, variant in enumerate(variants, start=2):
                 amp = reduced_precision(variant)  # compared with Detectron2's float16 AMP
@@ -190,7 +172,7 @@ def main() -> None:
         steps = [amp_training_step(theirs, inputs, outer_autocast=True)]
         steps += [amp_training_step(ours[v], inputs, outer_autocast=False)
                   for v in amp_variants]
-        times, outputs = time_alternating(steps, args.train_repeats, args.warmup)
+        times, outputs, _ = time_alternating(steps, args.train_repeats, args.warmup)
         medians = [statistics.median(t) for t in times]
         for index, variant in enumerate(amp_variants, start=1):
             rows.append({

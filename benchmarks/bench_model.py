@@ -262,17 +262,20 @@ def network_step(model: torch.nn.Module, inputs: list[dict], part: str
 
 
 def time_alternating(
-    steps: list[Callable[[], object]], repeats: int
+    steps: list[Callable[[], object]], repeats: int, warmup: int = 1
 ) -> tuple[list[list[float]], list[object], list[float]]:
-    """One warm-up each (timed: the first call, compilation included), then ``repeats``
-    timed runs each, the order rotating from one round to the next.
+    """``warmup`` (at least one) warm-up calls each, the first timed (compilation included),
+    then ``repeats`` timed runs each, the order rotating (and reversing every other round)
+    from one round to the next.
 
-    Returns per step: its times, its output, its first call's time."""
+    Returns per step: its times, its last warm-up's output, its first call's time."""
     firsts, results = [], []
     for step in steps:
         start = time.perf_counter()
         results.append(step())
         firsts.append(time.perf_counter() - start)
+        for _ in range(warmup - 1):
+            results[-1] = step()
     times: list[list[float]] = [[] for _ in steps]
     for index in range(repeats):
         order = list(range(len(steps)))
