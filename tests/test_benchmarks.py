@@ -141,3 +141,31 @@ def test_precision_accuracy_writes_its_table(tmp_path: Path) -> None:
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert set(results) == {"float32", "auto"}
     assert math.isfinite(results["float32"]["bbox"]["AP50"])
+
+
+def test_bench_recipe_budgeted_arms_smoke(tmp_path: Path, datasets_root: Path) -> None:
+    """benchmarks/bench_recipe.py end to end on a tiny budget (plumbing, not AP): both arms
+    calibrated, trained for the iterations that fit, evaluated; rerun = nothing redone."""
+    output = tmp_path / "recipe"
+    tiny = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+            "SOLVER.IMS_PER_BATCH", "2", "MODEL.FPN.OUT_CHANNELS", "32",
+            "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "DATALOADER.NUM_WORKERS", "0"]
+    args = ["--budget-min", "0.05", "--seeds", "0", "--calibrate-iters", "2",
+            "--datasets-root", str(datasets_root), "--output", str(output), *tiny]
+    run_benchmark("bench_recipe.py", *args)
+    summary = json.loads((output / "results.json").read_text())
+    for arm in ("recipe", "baseline"):
+        calibrated = summary["arms"][arm]["calibration"]["s_per_iter"]
+        assert summary["arms"][arm]["max_iter"] == max(2, math.floor(3.0 / calibrated))
+        assert summary["arms"][arm]["seeds"] == [0]
+    assert set(summary["classes"]) == {"AP-Platelets", "AP-RBC", "AP-WBC"}
+    assert summary["checks"]["at least 3 seeds per arm"]["pass"] is False  # one seed here
+    baseline_cfg = (output / "baseline" / "runs").rglob("config.yaml")
+    assert "META_ARCHITECTURE: RetinaNet\n" in next(baseline_cfg).read_text()
+    table = (output / "results.md").read_text()
+    assert "| AP (mean ± sd) |" in table and "Paired AP difference" in table
+    stamp = (output / "results.json").stat().st_mtime_ns
+    rerun = run_benchmark("bench_recipe.py", *args)
+    assert "calibrating" not in rerun  # calibration and runs kept, only the table rewritten
+    assert (output / "results.json").stat().st_mtime_ns > stamp
