@@ -24,3 +24,10 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def results_header(title: str, command: str, info: dict) -> list[str]:
+    """The first lines of a results markdown file: its title, the command that wrote it and a
+    key/value table of the machine and versions (``info``), then a blank line."""
+    return [f"# {title}", "", f"Command: `{command.strip()}`", "", "| key | value |",
+            "| --- | --- |", *(f"| {key} | {value} |" for key, value in info.items()), ""]

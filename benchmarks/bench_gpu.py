@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import cpu_model, load_average, results_header  # noqa: E402
 from bench_model import (  # noqa: E402
     REPO_ROOT,
     build_models,
@@ -193,14 +193,8 @@ def main() -> None:
 def write_results(path: Path, info: dict, rows: list[dict], argv: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# RetinaNetExt vs Detectron2 RetinaNet, CUDA GPU",
-        "",
-        f"Command: `{('python benchmarks/bench_gpu.py ' + argv).strip()}`",
-        "",
-        "| key | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in info.items()),
-        "",
+        *results_header("RetinaNetExt vs Detectron2 RetinaNet, CUDA GPU",
+                        f"python benchmarks/bench_gpu.py {argv}", info),
         "Inference: images/s (batch / median seconds per call). Detectron2 'AMP' = its model "
         "under torch.autocast float16; ours 'float16' / 'bfloat16' = MODEL.RETINANET_EXT.PRECISION "
         "(network under autocast, post-processing float32), with the channels-last layout that "

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import retinanet_ext  # noqa: E402  (compat bridges and registration first)
 from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
 
-from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -420,14 +420,8 @@ def main() -> None:
 def write_results(path: Path, info: dict, rows: list[dict], argv: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# RetinaNetExt vs Detectron2 RetinaNet, CPU",
-        "",
-        f"Command: `.venv/bin/python benchmarks/bench_model.py {argv}`".rstrip() + "",
-        "",
-        "| key | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in info.items()),
-        "",
+        *results_header("RetinaNetExt vs Detectron2 RetinaNet, CPU",
+                        f".venv/bin/python benchmarks/bench_model.py {argv}", info),
         "Median (and min) seconds per call, same weights and inputs, runs alternating. "
         "Outputs: detections (inference) or total loss (training) of each model. "
         "'post-head' rows time only what follows the head (anchors, matching, losses and "

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import retinanet_ext  # noqa: E402,F401  (compat bridges, e.g. for detectron2.model_zoo)
 
-from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 
 RECIPE_CONFIG = REPO_ROOT / "configs" / "recipes" / "small_data_R18_FPN.yaml"
 #: Detectron2's COCO-Detection/retinanet_R_50_FPN_1x.yaml in safe YAML (the zoo's file
@@ -183,10 +183,8 @@ def summarise(rows: dict[str, list[dict]], budget_s: float, calibration: dict,
 
 
 def write_results(output: Path, summary: dict, info: dict, argv: str) -> None:
-    lines = ["# Small-data recipe vs Detectron2's RetinaNet, same training budget, BCCD", "",
-             f"Command: `{('./run python benchmarks/bench_recipe.py ' + argv).strip()}`", "",
-             "| key | value |", "| --- | --- |",
-             *(f"| {k} | {v} |" for k, v in info.items()), "",
+    lines = [*results_header("Small-data recipe vs Detectron2's RetinaNet, same training budget, "
+                             "BCCD", f"./run python benchmarks/bench_recipe.py {argv}", info),
              f"Budget per run: {summary['budget_s'] / 60:.1f} min of training (each arm's "
              "iterations from its measured seconds per iteration).", "",
              "| metric | " + " | ".join(ARMS) + " |", "| --- | --- | --- |"]

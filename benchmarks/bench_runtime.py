@@ -40,7 +40,7 @@ from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
 from retinanet_ext.export import ExportedModel, export_model  # noqa: E402
 from retinanet_ext.export.verify import compare_detections  # noqa: E402
 
-from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from bench_model import build_models, parse_variant  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -196,14 +196,8 @@ def machine_info(args) -> dict:
 def write_results(path: Path, info: dict, rows: list[dict], args, argv: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# Runtimes for a trained model, CPU: seconds per image",
-        "",
-        f"Command: `.venv/bin/python benchmarks/bench_runtime.py {argv}`".rstrip(),
-        "",
-        "| key | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in info.items()),
-        "",
+        *results_header("Runtimes for a trained model, CPU: seconds per image",
+                        f".venv/bin/python benchmarks/bench_runtime.py {argv}", info),
         f"Median (and min) of {args.repeats} runs each, from the uint8 image to detections "
         "(pre-processing, network, post-processing), runners alternating. Ratio: median / "
         "Detectron2's median. Parity: each runner's detections vs our float32 PyTorch ones.",

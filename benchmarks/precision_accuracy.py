@@ -36,7 +36,7 @@ from retinanet_ext.engine import Trainer, load_config, load_weights  # noqa: E40
 from retinanet_ext.modeling.precision import cpu_description  # noqa: E402
 
 import torch  # noqa: E402
-from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 
@@ -113,14 +113,8 @@ def write_results(path: Path, info: dict, results: dict, argv: str) -> None:
                if v == v and not k.startswith("AP50-")]  # NaN (undefined) left out
     names = list(results)
     lines = [
-        "# Reduced precision on a trained model: COCO box AP",
-        "",
-        f"Command: `./run python benchmarks/precision_accuracy.py {argv}`",
-        "",
-        "| key | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in info.items()),
-        "",
+        *results_header("Reduced precision on a trained model: COCO box AP",
+                        f"./run python benchmarks/precision_accuracy.py {argv}", info),
         "| metric | " + " | ".join(names) + " | "
         + " | ".join(f"{n} - {reference}" for n in names[1:]) + " |",
         "| --- | " + " | ".join("---" for _ in names) + " | "
