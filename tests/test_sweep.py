@@ -66,6 +66,32 @@ def test_integers_become_floats_for_float_keys() -> None:
     assert coerced[1].values == ("10", "20")
 
 
+def test_variants_parse_and_plan() -> None:
+    variant = sweep.parse_variant("no GN: MODEL.FPN.NORM '' MODEL.RETINANET.NORM \"\"")
+    assert variant == sweep.Variant("no GN", (("MODEL.FPN.NORM", ""),
+                                              ("MODEL.RETINANET.NORM", "")))
+    assert sweep.parse_variant(" sizes :INPUT.MIN_SIZE_TRAIN '(320, 384)'").overrides == (
+        ("INPUT.MIN_SIZE_TRAIN", "(320, 384)"),)
+    for bad, message in (("MODEL.FPN.NORM GN", "expected NAME: KEY VALUE"),
+                         ("x: MODEL.FPN.NORM", "expected NAME"), (": MODEL.FPN.NORM GN", "NAME"),
+                         ("x: fpn.norm GN", "'fpn.norm' is not a config key"),
+                         ("x: SEED 3", "sets SEED itself"), ("base: SEED 3", "base config"),
+                         ("x: MODEL.FPN.NORM GN MODEL.FPN.NORM BN", "a key is given twice"),
+                         ("x: MODEL.FPN.NORM 'GN", "No closing quotation")):
+        with pytest.raises(CommandError, match=message):
+            sweep.parse_variant(bad)
+    runs = sweep.plan_variant_runs([variant, sweep.parse_variant("g0: " + GAMMA + " 0.0")], [0, 1])
+    assert [(r.variant, r.seed) for r in runs] == [
+        ("base", 0), ("no GN", 0), ("g0", 0), ("base", 1), ("no GN", 1), ("g0", 1)]
+    assert runs[0].combination == () and runs[1].overrides == [
+        "MODEL.FPN.NORM", "", "MODEL.RETINANET.NORM", ""]
+    assert runs[1].folder.startswith("runs/no_GN__") and runs[1].folder.endswith("/seed0")
+    assert len({r.folder for r in runs}) == 6
+    cfg = load_config(QUICK_CONFIG)
+    assert sweep.coerce_variants(cfg, [sweep.parse_variant(f"g: {GAMMA} 1")])[0].overrides == (
+        (GAMMA, "1.0"),)
+
+
 def test_final_metrics_and_train_time(tmp_path: Path) -> None:
     entries = [{"iteration": 4, "total_loss": 1.0},
                {"iteration": 4, "bbox/AP": 1.0, "bbox/AP50": 2.0},  # a periodic evaluation
@@ -88,7 +114,8 @@ FAKE_TRAIN_NET = textwrap.dedent('''
     out = args[args.index("OUTPUT_DIR") + 1]
     max_iter = int(args[args.index("SOLVER.MAX_ITER") + 1])
     seed = int(args[args.index("SEED") + 1])
-    gamma = float(args[args.index("MODEL.RETINANET.FOCAL_LOSS_GAMMA") + 1])
+    key = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"  # the last one given counts, as in yacs
+    gamma = float(args[len(args) - 1 - args[::-1].index(key) + 1]) if key in args else 0.5
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "invocations.txt"), "a") as f:
         f.write(json.dumps(args) + "\\n")
@@ -206,6 +233,36 @@ def test_sweep_checks_everything_before_running(fake_sweep, capsys) -> None:
     assert invocations() == [] and not output.exists()
     assert run("--grid", f"{GAMMA}=0,1", "--dry-run") == 0
     assert invocations() == [] and "[2/2]" in capsys.readouterr().out
+
+
+def test_sweep_variants_one_change_at_a_time(fake_sweep, capsys) -> None:
+    run, invocations, output, _ = fake_sweep
+    variants = ("--variant", f"gamma 0: {GAMMA} 0", "--variant", "no GN: MODEL.FPN.NORM ''")
+    assert run(*variants, "--seeds", "0", "1") == 0
+    calls = invocations()
+    assert len(calls) == 6 and [GAMMA in c for c in calls[:3]] == [False, True, False]
+    assert calls[1][calls[1].index(GAMMA) + 1] == "0.0"  # coerced to the key's float type
+    assert calls[2][-6:-4] == ["MODEL.FPN.NORM", ""]  # before SEED and OUTPUT_DIR
+    printed = capsys.readouterr().out
+    assert "sweep: 6 runs (the base config and 2 variants x 2 seeds)" in printed
+    assert "[2/6] gamma 0, seed 0: finished" in printed
+    with open(output / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"], float(r["AP"])) for r in rows] == [
+        ("base", "0", 5.0), ("gamma 0", "0", 0.0), ("no GN", "0", 5.0),
+        ("base", "1", 6.0), ("gamma 0", "1", 1.0), ("no GN", "1", 6.0)]
+    table = (output / "results.md").read_text()
+    assert f"- gamma 0: `{GAMMA} 0.0`" in table and "- no GN: `MODEL.FPN.NORM ''`" in table
+    assert "| variant | seeds | AP |" in table and "| gamma 0 | 2 | 0.5 ± 0.7 |" in table
+    assert run(*variants, "--seeds", "0", "1") == 0 and len(invocations()) == 6  # resumed
+
+    cases = [(("--variant", "x: MODEL.FPN.NORMS GN"), "--variant x: "),
+             (("--variant", f"x: {GAMMA} 1", "--variant", f"x: {GAMMA} 2"), "'x' is given twice"),
+             (("--variant", f"x: {GAMMA} 1", "--grid", f"{GAMMA}=1,2"), "do not mix")]
+    for args, message in cases:
+        assert run(*args) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert len(invocations()) == 6
 
 
 def readme_commands(heading: str) -> list[str]:

@@ -6,12 +6,22 @@
         --dataset bccd_train=voc:../shared/datasets/bccd/BCCD:train \\
         --dataset bccd_val=voc:../shared/datasets/bccd/BCCD:val SOLVER.MAX_ITER 300
 
-Every combination of the ``--grid`` values is trained once per seed, one after another, each
-as a ``train_net.py`` subprocess (config file, ``--dataset`` specs, the trailing overrides,
-the combination, ``SEED`` and its own ``OUTPUT_DIR``), and evaluated on ``DATASETS.TEST``
-(Detectron2's evaluation after the last iteration). Values are split at commas outside
-brackets and quotes, so ``--grid INPUT.MIN_SIZE_TRAIN=(320,),(384,416)`` has two values.
-Every grid key and value is checked against the config before any run starts.
+Or one change at a time from a base config (an ablation in the style of the paper's Table 1):
+
+    retinanet-ext sweep --config-file configs/recipes/small_data_R18_FPN.yaml \\
+        --variant "FPN 256: MODEL.FPN.OUT_CHANNELS 256" \\
+        --variant "no GN: MODEL.FPN.NORM '' MODEL.RETINANET.NORM ''" ...
+
+trains the base config (the row ``base``) and, for each ``--variant NAME: KEY VALUE ...``, the
+base with those overrides (values split as a shell would, so ``''`` is an empty string).
+
+Every combination of the ``--grid`` values (or every variant) is trained once per seed, one
+after another, each as a ``train_net.py`` subprocess (config file, ``--dataset`` specs, the
+trailing overrides, the combination, ``SEED`` and its own ``OUTPUT_DIR``), and evaluated on
+``DATASETS.TEST`` (Detectron2's evaluation after the last iteration). Values are split at
+commas outside brackets and quotes, so ``--grid INPUT.MIN_SIZE_TRAIN=(320,),(384,416)`` has two
+values. Every grid key and value (every variant) is checked against the config before any run
+starts.
 
 Resumable: a run whose final metrics are recorded is not redone; an interrupted one (a
 checkpoint in its folder) continues with ``--resume``; a run folder made with other settings
@@ -46,7 +56,8 @@ from typing import Any
 
 from retinanet_ext.cli import CommandError, add_config_arguments
 
-HELP = ("train every combination of --grid values (x seeds) with train_net.py, resumably, "
+HELP = ("train every combination of --grid values, or every --variant of the config (x seeds)"
+        " with train_net.py, resumably, "
         "and tabulate the COCO APs")
 
 #: Overrides the sweep sets itself for every run.
@@ -67,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a config key and its values; repeatable (the runs are the "
                         "product of all grids)")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="'NAME: KEY VALUE ...'",
+                        help="instead of --grid: the base config and, for each --variant, the "
+                        "base with these overrides (one change at a time); repeatable")
     parser.add_argument("--seeds", nargs="+", default=["0"], metavar="N",
                         help="seeds, each combination trained once per seed (default: 0)")
     parser.add_argument("--output", default="output/sweep", metavar="DIR",
@@ -86,12 +101,27 @@ class GridAxis:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """``--variant NAME: KEY VALUE ...``: a named set of overrides on top of the base config."""
+
+    name: str
+    overrides: tuple[tuple[str, str], ...]
+
+
+#: The column (and pseudo grid key) that names a run's variant in ``--variant`` sweeps.
+VARIANT_KEY = "variant"
+BASE_VARIANT = "base"
+
+
+@dataclass(frozen=True)
 class Run:
-    """One training: a value per grid key, a seed, and its folder under ``--output``."""
+    """One training: a value per grid key (or a variant's overrides), a seed, and its folder
+    under ``--output``; ``variant`` is the variant's name in ``--variant`` sweeps."""
 
     combination: tuple[tuple[str, str], ...]
     seed: int
     folder: str
+    variant: str | None = None
 
     @property
     def overrides(self) -> list[str]:
@@ -136,6 +166,34 @@ def parse_grid(text: str) -> GridAxis:
     return GridAxis(key, tuple(values))
 
 
+def parse_variant(text: str) -> Variant:
+    """``NAME: KEY VALUE [KEY VALUE ...]`` -> :class:`Variant` (values split as by a shell)."""
+    import shlex
+
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    try:
+        words = shlex.split(rest)
+    except ValueError as error:
+        raise CommandError(f"--variant {text!r}: {error}") from error
+    if not sep or not name or not words or len(words) % 2:
+        raise CommandError(f"--variant {text!r}: expected NAME: KEY VALUE [KEY VALUE ...], "
+                           f"e.g. 'FPN 256: MODEL.FPN.OUT_CHANNELS 256'")
+    if name == BASE_VARIANT:
+        raise CommandError(f"--variant {text!r}: '{BASE_VARIANT}' names the base config's row")
+    pairs = tuple(zip(words[::2], words[1::2], strict=True))
+    for key, _ in pairs:
+        if not _KEY.fullmatch(key):
+            raise CommandError(f"--variant {name}: {key!r} is not a config key")
+        if key in RESERVED_KEYS:
+            raise CommandError(f"--variant {name}: the sweep sets {key} itself "
+                               f"(use --seeds / --output)")
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise CommandError(f"--variant {name}: a key is given twice")
+    return Variant(name, pairs)
+
+
 def _slug(text: str, limit: int = 32) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:limit] or "_"
 
@@ -159,6 +217,19 @@ def plan_runs(axes: Sequence[GridAxis], seeds: Sequence[int]) -> list[Run]:
             for seed in seeds for c in combinations]
 
 
+def plan_variant_runs(variants: Sequence[Variant], seeds: Sequence[int]) -> list[Run]:
+    """Seed by seed, the base config then each variant."""
+    rows = [Variant(BASE_VARIANT, ()), *variants]
+    runs = []
+    for seed in seeds:
+        for variant in rows:
+            digest = hashlib.sha1(json.dumps([variant.name, list(variant.overrides)])
+                                  .encode()).hexdigest()[:6]
+            folder = os.path.join("runs", f"{_slug(variant.name)}__{digest}", f"seed{seed}")
+            runs.append(Run(variant.overrides, seed, folder, variant.name))
+    return runs
+
+
 def _parse_seeds(seeds: Sequence[str]) -> list[int]:
     try:
         parsed = [int(seed) for seed in seeds]
@@ -177,19 +248,25 @@ def _check_overrides(opts: Sequence[str]) -> None:
                                f"{'--seeds' if key == 'SEED' else '--output'} instead")
 
 
+def _coerce(cfg: Any, key: str, value: str) -> str:
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    if isinstance(node, float) and re.fullmatch(r"[+-]?\d+", value):
+        return f"{value}.0"
+    return value
+
+
 def coerce_to_defaults(cfg: Any, axes: Sequence[GridAxis]) -> list[GridAxis]:
     """Integers given for a float key become floats (``GAMMA=0,2`` -> ``0.0``, ``2.0``):
     yacs refuses an int where the default is a float."""
-    coerced = []
-    for axis in axes:
-        node = cfg
-        for part in axis.key.split("."):
-            node = node.get(part) if hasattr(node, "get") else None
-        values = axis.values
-        if isinstance(node, float) and not isinstance(node, bool):
-            values = tuple(f"{v}.0" if re.fullmatch(r"[+-]?\d+", v) else v for v in values)
-        coerced.append(GridAxis(axis.key, values))
-    return coerced
+    return [GridAxis(a.key, tuple(_coerce(cfg, a.key, v) for v in a.values)) for a in axes]
+
+
+def coerce_variants(cfg: Any, variants: Sequence[Variant]) -> list[Variant]:
+    """:func:`coerce_to_defaults` for ``--variant`` overrides."""
+    return [Variant(v.name, tuple((k, _coerce(cfg, k, x)) for k, x in v.overrides))
+            for v in variants]
 
 
 def check_plan(args: argparse.Namespace, axes: Sequence[GridAxis],
@@ -201,11 +278,19 @@ def check_plan(args: argparse.Namespace, axes: Sequence[GridAxis],
     from retinanet_ext.engine import ConfigError, check_datasets_available, load_config
 
     for axis in axes:  # one value at a time, so an error names the --grid it came from
+        if axis.key == VARIANT_KEY:
+            continue
         for value in axis.values:
             try:
                 load_config(args.config_file, [*args.opts, axis.key, value])
             except ConfigError as error:
                 raise CommandError(f"--grid {axis.key}={value}: {error}") from error
+    for run in runs:
+        if run.variant is not None and run.seed == runs[0].seed:
+            try:
+                load_config(args.config_file, [*args.opts, *run.overrides])
+            except ConfigError as error:
+                raise CommandError(f"--variant {run.variant}: {error}") from error
     max_iters: dict[str, int] = {}
     for run in runs:
         combo = os.path.dirname(run.folder)
@@ -229,10 +314,13 @@ def check_plan(args: argparse.Namespace, axes: Sequence[GridAxis],
 def run_identity(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     """What makes a run the same run on a later invocation."""
     config_text = Path(args.config_file).read_bytes()
-    return {"config_file": os.path.abspath(args.config_file),
-            "config_sha256": hashlib.sha256(config_text).hexdigest(),
-            "overrides": list(args.opts), "datasets": list(args.dataset),
-            "grid": dict(run.combination), "seed": run.seed}
+    identity = {"config_file": os.path.abspath(args.config_file),
+                "config_sha256": hashlib.sha256(config_text).hexdigest(),
+                "overrides": list(args.opts), "datasets": list(args.dataset),
+                "grid": dict(run.combination), "seed": run.seed}
+    if run.variant is not None:
+        identity["variant"] = run.variant
+    return identity
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
@@ -398,7 +486,8 @@ def run_rows(axes: Sequence[GridAxis], runs: Sequence[Run],
         result = state.get("result") or {}
         metrics = result.get("metrics", {})
         status = "done" if result else ("failed" if state.get("attempts") else "pending")
-        row: dict[str, Any] = {"run": run.folder, **dict(run.combination), "seed": run.seed}
+        values = dict(run.combination) if run.variant is None else {VARIANT_KEY: run.variant}
+        row: dict[str, Any] = {"run": run.folder, **values, "seed": run.seed}
         row.update({key: metrics.get(key, math.nan) for key in metric_keys})
         row.update({"train_s": result.get("train_s", math.nan),
                     "wall_s": result.get("wall_s", math.nan),
@@ -489,10 +578,25 @@ def write_results(output: Path, args: argparse.Namespace, axes: Sequence[GridAxi
         "COCO AP (IoU 0.5:0.95) and AP50/AP75/APs/APm/APl, in percent, on DATASETS.TEST "
         "after the last iteration; train min: training time without checkpoints and "
         "evaluations.", "",
+        *variants_legend(runs),
         "## Per combination (mean ± sd over seeds)", "", *summary_table(axes, rows), "",
         "## Per run", "", *runs_table(axes, rows), ""]
     (output / "results.md").write_text("\n".join(lines))
     return [output / "results.md", output / "results.csv", plot_results(output, axes, rows)]
+
+
+def variants_legend(runs: Sequence[Run]) -> list[str]:
+    """Markdown lines naming each variant's overrides (none for a --grid sweep)."""
+    import shlex
+
+    overrides = {run.variant: run.combination for run in runs if run.variant is not None}
+    if not overrides:
+        return []
+    lines = ["Variants: the base config, and the base with these overrides:", ""]
+    for name, pairs in overrides.items():
+        text = " ".join(f"{key} {shlex.quote(value)}" for key, value in pairs)
+        lines.append(f"- {name}: `{text or '(none)'}`")
+    return [*lines, ""]
 
 
 def plot_results(output: Path, axes: Sequence[GridAxis], rows: Sequence[dict[str, Any]]) -> Path:
@@ -514,8 +618,8 @@ def plot_results(output: Path, axes: Sequence[GridAxis], rows: Sequence[dict[str
         spread = statistics.stdev(aps) if len(aps) > 1 else 0.0
         ax.errorbar(x, statistics.mean(aps), yerr=spread, fmt="o", color="tab:blue",
                     capsize=6, markersize=8, zorder=3)
-    labels = ["\n".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, c, strict=True))
-              or "base" for c in combinations]
+    labels = ["\n".join(v if k == VARIANT_KEY else f"{k.rsplit('.', 1)[-1]}={v}"
+                        for k, v in zip(keys, c, strict=True)) or "base" for c in combinations]
     ax.set_xticks(range(len(combinations)), labels, fontsize=8)
     ax.set(ylabel="COCO AP (%)", xlim=(-0.6, len(combinations) - 0.4),
            title="AP per combination: seeds (grey), mean ± sd (blue)")
@@ -540,6 +644,18 @@ def _parse_axes(args: argparse.Namespace) -> list[GridAxis]:
     return axes
 
 
+def _parse_variants(args: argparse.Namespace) -> list[Variant]:
+    variants = [parse_variant(text) for text in args.variant]
+    if variants and args.grid:
+        raise CommandError("--grid and --variant do not mix: a sweep is a grid or a list of "
+                           "variants of one base config")
+    names = [v.name for v in variants]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CommandError(f"--variant {repeated[0]!r} is given twice")
+    return variants
+
+
 def _base_config(args: argparse.Namespace) -> Any:
     """The config file with the overrides (its errors are the user's)."""
     from retinanet_ext.data import register_dataset_spec
@@ -556,18 +672,29 @@ def run(args: argparse.Namespace) -> int:
 
     reparse_trailing_flags(args, add_arguments)  # "--seeds 0 1 SOLVER.MAX_ITER 300"
     axes = _parse_axes(args)
+    variants = _parse_variants(args)
     seeds = _parse_seeds(args.seeds)
-    axes = coerce_to_defaults(_base_config(args), axes)
-    runs = plan_runs(axes, seeds)
+    base = _base_config(args)
+    if variants:
+        variants = coerce_variants(base, variants)
+        runs = plan_variant_runs(variants, seeds)
+        axes = [GridAxis(VARIANT_KEY, tuple(dict.fromkeys(r.variant for r in runs)))]
+    else:
+        axes = coerce_to_defaults(base, axes)
+        runs = plan_runs(axes, seeds)
     max_iters = check_plan(args, axes, runs)
     output = Path(args.output)
     check_existing_runs(output, args, runs)
-    combinations = len(runs) // len(set(r.seed for r in runs))
-    print(f"sweep: {len(runs)} runs ({combinations} combinations x "
-          f"{len(set(r.seed for r in runs))} seeds) under {output}", flush=True)
+    seed_count = len(set(r.seed for r in runs))
+    combinations = len(runs) // seed_count
+    rows = (f"the base config and {combinations - 1} variants" if variants else
+            f"{combinations} combinations")
+    print(f"sweep: {len(runs)} runs ({rows} x {seed_count} seed{'s' * (seed_count > 1)}) "
+          f"under {output}", flush=True)
     states: dict[str, dict[str, Any]] = {}
     for number, item in enumerate(runs, start=1):
-        values = ", ".join(f"{k}={v}" for k, v in item.combination) or "base config"
+        values = (item.variant if item.variant is not None else
+                  ", ".join(f"{k}={v}" for k, v in item.combination) or "base config")
         label = f"[{number}/{len(runs)}] {values}, seed {item.seed}:"
         max_iter = max_iters[os.path.dirname(item.folder)]
         if args.dry_run:
