@@ -342,3 +342,21 @@ def test_readme_sweep_and_plot_focal_commands(datasets_root: Path, tmp_path: Pat
     assert numbers["figure4"]["foreground"]["count"] > 0
     assert (focal / "focal_loss_cdf.png").is_file()
     assert (focal / "focal_loss_vs_probability.png").is_file()
+
+
+@pytest.mark.once
+def test_readme_recipe_ablation_command_plans(datasets_root: Path, tmp_path: Path) -> None:
+    """README's recipe ablation (benchmarks/results/recipe_ablation), checked and planned
+    (--dry-run: every variant's config loaded, nothing trained; the sweep itself is tested
+    above)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("The ablation of the recipe, one change at a time")
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    (command,) = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert "--output benchmarks/results/recipe_ablation" in command
+    command = command.replace("benchmarks/results/recipe_ablation", "output/ablation")
+    planned = _cli(command, datasets_root, tmp_path, "--dry-run")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "sweep: 11 runs (the base config and 10 variants x 1 seed)" in planned.stdout
+    assert "[6/11] 320 px, seed 0:" in planned.stdout
+    assert not (tmp_path / "output" / "ablation").exists()
