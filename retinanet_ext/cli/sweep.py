@@ -285,18 +285,17 @@ def check_plan(args: argparse.Namespace, axes: Sequence[GridAxis],
                 load_config(args.config_file, [*args.opts, axis.key, value])
             except ConfigError as error:
                 raise CommandError(f"--grid {axis.key}={value}: {error}") from error
-    for run in runs:
-        if run.variant is not None and run.seed == runs[0].seed:
-            try:
-                load_config(args.config_file, [*args.opts, *run.overrides])
-            except ConfigError as error:
-                raise CommandError(f"--variant {run.variant}: {error}") from error
     max_iters: dict[str, int] = {}
     for run in runs:
         combo = os.path.dirname(run.folder)
         if combo in max_iters:
             continue
-        cfg = load_config(args.config_file, [*args.opts, *run.overrides])
+        try:
+            cfg = load_config(args.config_file, [*args.opts, *run.overrides])
+        except ConfigError as error:
+            if run.variant is None:
+                raise
+            raise CommandError(f"--variant {run.variant}: {error}") from error
         if len(cfg.DATASETS.TEST) != 1 or not cfg.DATASETS.TRAIN:
             raise CommandError(f"{combo}: the sweep trains on DATASETS.TRAIN and evaluates on "
                                f"one DATASETS.TEST dataset; found TRAIN {list(cfg.DATASETS.TRAIN)}"
