@@ -3,11 +3,13 @@ with a stand-in for train_net.py (fast) and with the real one on a tiny grid (sl
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (compatibility bridges first)
 from retinanet_ext.cli import CommandError, main, sweep
+from retinanet_ext.data import unregister_dataset
 from retinanet_ext.engine import load_config
 
 import pytest
@@ -210,6 +213,76 @@ def test_sweep_refuses_other_settings_and_reports_failures(fake_sweep, capsys) -
     assert "FAILED (exit status 1)" in printed and "Total training time" in printed
     with open(output / "results.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["failed"]
+
+
+def test_run_identity_is_the_settings_not_the_checkout(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nSOLVER:\n  MAX_ITER: 10\n')
+    digest = sweep.config_digest(child)
+    child.write_text('# a comment\n_BASE_: "base.yaml"\nSOLVER: {MAX_ITER: 10}  # layout\n')
+    assert sweep.config_digest(child) == digest  # comments and layout do not count
+    base.write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    assert sweep.config_digest(child) != digest  # a change in the base file does
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for path in (base, child):
+        (moved / path.name).write_text(path.read_text())
+    assert sweep.config_digest(moved / "child.yaml") == sweep.config_digest(child)
+
+    data = tmp_path / "checkout" / "data"
+    data.mkdir(parents=True)
+    spec = f"d=coco:{data / 'a.json'}:{data}"
+    (data / "a.json").write_text("{}")
+    portable = sweep.portable_dataset_spec(spec, tmp_path / "checkout" / "out" / "sweep")
+    assert portable == "d=coco:image_root=../../data:json_file=../../data/a.json"
+    absent = "d=coco:/nowhere/a.json:/nowhere"  # not on disk: kept as written
+    assert sweep.portable_dataset_spec(absent, tmp_path) == (
+        "d=coco:image_root=/nowhere:json_file=/nowhere/a.json")
+
+
+def test_sweep_resumes_in_another_checkout(fake_sweep, capsys) -> None:
+    """Results (and the data beside them) copied elsewhere are the same runs there; runs
+    recorded with the earlier identity (the file's bytes, absolute paths) still match."""
+    run, invocations, output, _ = fake_sweep
+    assert run("--grid", f"{GAMMA}=0,2") == 0 and len(invocations()) == 2
+    # train_net's arguments: --config-file C, two --dataset specs, the overrides, the grid's.
+    command = json.loads((output.parent / "bin" / "invocations.txt").read_text()
+                         .splitlines()[0])
+    assert command[2] == "--dataset" and command[4] == "--dataset"
+    specs = [command[3], command[5]]
+    opts = command[6:command.index(GAMMA)]
+    copy = output.parent / "copy"
+    for folder in ("sweep", "data"):
+        shutil.copytree(output.parent / folder, copy / folder)
+    moved = [spec.replace(str(output.parent), str(copy)) for spec in specs]
+    assert moved != specs
+    argv = ["sweep", "--config-file", QUICK_CONFIG,
+            *[x for spec in moved for x in ("--dataset", spec)],
+            "--output", str(copy / "sweep"), "--grid", f"{GAMMA}=0,2", *opts]
+    for spec in specs:  # a new process in the other checkout: the names are free
+        unregister_dataset(spec.partition("=")[0])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert len(invocations()) == 2 and capsys.readouterr().out.count("done before") == 2
+    for spec in specs:
+        unregister_dataset(spec.partition("=")[0])
+
+    state_path = next(output.glob("runs/*/seed0/" + sweep.RUN_STATE))
+    state = json.loads(state_path.read_text())
+    assert "config_digest" in state["identity"]
+    run_args = argparse.Namespace(config_file=QUICK_CONFIG, opts=state["identity"]["overrides"],
+                                  dataset=specs)
+    legacy = sweep._legacy_identity(run_args, sweep.Run(
+        tuple(state["identity"]["grid"].items()), 0, str(state_path.parent)))
+    state["identity"] = legacy
+    state_path.write_text(json.dumps(state))
+    assert run("--grid", f"{GAMMA}=0,2") == 0 and len(invocations()) == 2
+    state["identity"]["config_sha256"] = "0" * 64  # the file changed since
+    state_path.write_text(json.dumps(state))
+    assert run("--grid", f"{GAMMA}=0,2") == 2
+    assert "(config_sha256 differ)" in capsys.readouterr().err
 
 
 def test_sweep_checks_everything_before_running(fake_sweep, capsys) -> None:

@@ -25,7 +25,11 @@ starts.
 
 Resumable: a run whose final metrics are recorded is not redone; an interrupted one (a
 checkpoint in its folder) continues with ``--resume``; a run folder made with other settings
-is an error. Layout of ``--output``::
+is an error. A run is known by its settings (the config's and its bases' parsed YAML, the
+overrides, the datasets' paths relative to ``--output``, the combination, the seed), not by where
+the checkout is: results committed with a repository resume in any clone of it.
+
+Layout of ``--output``::
 
     runs/<combination>/seed<k>/   the run's OUTPUT_DIR, train_net.log, sweep_run.json
     results.md, results.csv       per combination (mean ± sd over seeds) and per run:
@@ -310,16 +314,63 @@ def check_plan(args: argparse.Namespace, axes: Sequence[GridAxis],
     return max_iters
 
 
-def run_identity(args: argparse.Namespace, run: Run) -> dict[str, Any]:
-    """What makes a run the same run on a later invocation."""
-    config_text = Path(args.config_file).read_bytes()
+def run_identity(args: argparse.Namespace, run: Run, output: Path) -> dict[str, Any]:
+    """What makes a run the same run on a later invocation, wherever the checkout is: the
+    config's settings (:func:`config_digest`), the overrides, the datasets (their paths
+    relative to ``output``), the combination or variant, and the seed."""
+    identity = {"config_digest": config_digest(Path(args.config_file)),
+                "overrides": list(args.opts),
+                "datasets": [portable_dataset_spec(spec, output) for spec in args.dataset],
+                "grid": dict(run.combination), "seed": run.seed}
+    if run.variant is not None:
+        identity["variant"] = run.variant
+    return identity
+
+
+def _legacy_identity(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """The identity sweeps wrote before :func:`run_identity` (marked by ``config_sha256``):
+    the config file's bytes and absolute paths, so such a run matches only in its checkout."""
     identity = {"config_file": os.path.abspath(args.config_file),
-                "config_sha256": hashlib.sha256(config_text).hexdigest(),
+                "config_sha256": hashlib.sha256(Path(args.config_file).read_bytes()).hexdigest(),
                 "overrides": list(args.opts), "datasets": list(args.dataset),
                 "grid": dict(run.combination), "seed": run.seed}
     if run.variant is not None:
         identity["variant"] = run.variant
     return identity
+
+
+def config_digest(config_file: Path) -> str:
+    """sha256 of a config's settings: the file and its ``_BASE_`` files as parsed YAML, so
+    comments and layout do not count and a change in a base file does."""
+    text = json.dumps(_config_tree(config_file, ()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _config_tree(path: Path, seen: tuple[Path, ...]) -> Any:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    base = data.get("_BASE_") if isinstance(data, dict) else None
+    if isinstance(base, str) and "://" not in base:
+        base_path = (Path(base) if os.path.isabs(base) else path.parent / base).resolve()
+        if base_path.is_file() and base_path not in seen:
+            data["_BASE_"] = _config_tree(base_path, (*seen, path.resolve()))
+    return data
+
+
+def portable_dataset_spec(spec: str, output: Path) -> str:
+    """A ``--dataset`` spec with each field that names an existing file or folder written
+    relative to ``output`` (the same in any checkout that has the data at the same place
+    beside it), fields in name order."""
+    from retinanet_ext.data import parse_dataset_spec
+
+    parsed = parse_dataset_spec(spec)
+    fields = []
+    for key, value in sorted(parsed.arguments.items()):
+        if os.path.exists(value):
+            value = os.path.relpath(os.path.abspath(value), os.path.abspath(output))
+        fields.append(f"{key}={value}")
+    return f"{parsed.name}={parsed.format}:" + ":".join(fields)
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
@@ -337,8 +388,10 @@ def check_existing_runs(output: Path, args: argparse.Namespace, runs: Sequence[R
         state = _read_state(output / run.folder / RUN_STATE)
         if state is None:
             continue
-        identity = run_identity(args, run)
-        differing = [k for k, v in identity.items() if state.get("identity", {}).get(k) != v]
+        stored = state.get("identity", {})
+        identity = (_legacy_identity(args, run) if "config_sha256" in stored
+                    else run_identity(args, run, output))
+        differing = [k for k, v in identity.items() if stored.get(k) != v]
         if differing:
             raise CommandError(
                 f"{output / run.folder} was made with other settings ({', '.join(differing)} "
@@ -437,7 +490,8 @@ def execute(args: argparse.Namespace, output: Path, run: Run, max_iter: int,
     """Train and evaluate ``run`` unless its result is recorded; returns its state."""
     run_dir = output / run.folder
     state_path = run_dir / RUN_STATE
-    state = _read_state(state_path) or {"identity": run_identity(args, run), "attempts": []}
+    state = _read_state(state_path) or {"identity": run_identity(args, run, output),
+                                           "attempts": []}
     if state.get("result"):
         print(f"{label} done before: AP {state['result']['metrics'].get('AP', math.nan):.2f}, "
               f"skipped", flush=True)
