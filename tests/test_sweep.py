@@ -433,3 +433,14 @@ def test_readme_recipe_ablation_command_plans(datasets_root: Path, tmp_path: Pat
     assert "sweep: 11 runs (the base config and 10 variants x 1 seed)" in planned.stdout
     assert "[6/11] 320 px, seed 0:" in planned.stdout
     assert not (tmp_path / "output" / "ablation").exists()
+
+    # As written, on the committed results: every run folder there is accepted as the same
+    # run in this checkout (whatever its path), so the command resumes instead of refusing.
+    if datasets_root.resolve() != (REPO_ROOT.parent / "shared" / "datasets").resolve():
+        pytest.skip(f"README's ../shared/datasets is not {datasets_root}")
+    argv = [sys.executable, "-m", "retinanet_ext", *shlex.split(command)[1:], "--dry-run"]
+    argv[argv.index("output/ablation")] = "benchmarks/results/recipe_ablation"
+    committed = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                               cwd=REPO_ROOT)
+    assert committed.returncode == 0, committed.stderr[-3000:]
+    assert "sweep: 11 runs (the base config and 10 variants x 1 seed)" in committed.stdout
