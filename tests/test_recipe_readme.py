@@ -35,7 +35,7 @@ def test_readme_recipe_and_precision_accuracy_commands(datasets_root: Path,
                                                        tmp_path: Path) -> None:
     out = tmp_path / "bccd"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    (train,) = readme_block_after("`configs/recipes/small_data_R18_FPN.yaml` is a first version")
+    (train,) = readme_block_after("small_data_R18_FPN.yaml` is the small-data recipe")
     argv = shlex.split(localise(train, datasets_root, out))
     assert argv[:2] == ["python", "train_net.py"]
     result = subprocess.run([sys.executable, str(REPO_ROOT / argv[1]), *argv[2:], *TRAIN_TINY,
