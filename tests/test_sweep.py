@@ -203,6 +203,7 @@ def test_sweep_runs_resumes_and_tabulates(fake_sweep, capsys) -> None:
 def test_sweep_refuses_other_settings_and_reports_failures(fake_sweep, capsys) -> None:
     run, invocations, output, fake_dir = fake_sweep
     assert run("--grid", f"{GAMMA}=2") == 0
+    assert "sweep: 1 run (1 combination x 1 seed)" in capsys.readouterr().out
     assert run("--grid", f"{GAMMA}=2", extra_opts=("SOLVER.BASE_LR", "0.002")) == 2
     assert "made with other settings (overrides differ)" in capsys.readouterr().err
     assert len(invocations()) == 1

@@ -720,6 +720,10 @@ def _base_config(args: argparse.Namespace) -> Any:
     return load_config(args.config_file, args.opts)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def run(args: argparse.Namespace) -> int:
     from retinanet_ext.cli import reparse_trailing_flags
 
@@ -740,9 +744,9 @@ def run(args: argparse.Namespace) -> int:
     check_existing_runs(output, args, runs)
     seed_count = len(set(r.seed for r in runs))
     combinations = len(runs) // seed_count
-    rows = (f"the base config and {combinations - 1} variants" if variants else
-            f"{combinations} combinations")
-    print(f"sweep: {len(runs)} runs ({rows} x {seed_count} seed{'s' * (seed_count > 1)}) "
+    rows = (f"the base config and {_count(combinations - 1, 'variant')}" if variants else
+            _count(combinations, "combination"))
+    print(f"sweep: {_count(len(runs), 'run')} ({rows} x {_count(seed_count, 'seed')}) "
           f"under {output}", flush=True)
     states: dict[str, dict[str, Any]] = {}
     for number, item in enumerate(runs, start=1):
