@@ -318,22 +318,22 @@ def run_identity(args: argparse.Namespace, run: Run, output: Path) -> dict[str, 
     """What makes a run the same run on a later invocation, wherever the checkout is: the
     config's settings (:func:`config_digest`), the overrides, the datasets (their paths
     relative to ``output``), the combination or variant, and the seed."""
-    identity = {"config_digest": config_digest(Path(args.config_file)),
-                "overrides": list(args.opts),
-                "datasets": [portable_dataset_spec(spec, output) for spec in args.dataset],
-                "grid": dict(run.combination), "seed": run.seed}
-    if run.variant is not None:
-        identity["variant"] = run.variant
-    return identity
+    return _identity(args, run, config_digest=config_digest(Path(args.config_file)),
+                     datasets=[portable_dataset_spec(spec, output) for spec in args.dataset])
 
 
 def _legacy_identity(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     """The identity sweeps wrote before :func:`run_identity` (marked by ``config_sha256``):
     the config file's bytes and absolute paths, so such a run matches only in its checkout."""
-    identity = {"config_file": os.path.abspath(args.config_file),
-                "config_sha256": hashlib.sha256(Path(args.config_file).read_bytes()).hexdigest(),
-                "overrides": list(args.opts), "datasets": list(args.dataset),
-                "grid": dict(run.combination), "seed": run.seed}
+    return _identity(
+        args, run, config_file=os.path.abspath(args.config_file),
+        config_sha256=hashlib.sha256(Path(args.config_file).read_bytes()).hexdigest(),
+        datasets=list(args.dataset))
+
+
+def _identity(args: argparse.Namespace, run: Run, **where: Any) -> dict[str, Any]:
+    identity = {**where, "overrides": list(args.opts), "grid": dict(run.combination),
+                "seed": run.seed}
     if run.variant is not None:
         identity["variant"] = run.variant
     return identity
