@@ -30,7 +30,10 @@ def readme_section() -> str:
 
 
 def test_readme_example_specs_parse():
-    table = [line for line in readme_section().splitlines() if line.startswith("| ")][2:]
+    lines = readme_section().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("| "))
+    table = lines[start:end][2:]  # the section's first table: the formats
     formats = {}
     for row in table:
         examples = re.findall(r"`([A-Za-z0-9_]+=[a-z]+:[^`]+)`", row.split("|")[2])
