@@ -199,6 +199,12 @@ def _evaluate(cfg: CfgNode, model: torch.nn.Module) -> tuple[dict[str, float], d
     return bbox, ap50_per_class
 
 
+def _network_precision(model: torch.nn.Module) -> str:
+    """The dtype the trained model's backbone and head ran in (MODEL.RETINANET_EXT.PRECISION
+    as resolved on this machine; float32 for a model without that key, e.g. Detectron2's)."""
+    return str(getattr(model, "network_dtype", torch.float32)).replace("torch.", "")
+
+
 def _report(cfg: CfgNode, metrics: dict[str, Any]) -> None:
     """Write ``demo_results.json`` and print the table and the one-line summary."""
     from detectron2.utils import comm
@@ -212,7 +218,8 @@ def _report(cfg: CfgNode, metrics: dict[str, Any]) -> None:
     nan = float("nan")
     print(
         f"[retinanet_ext demo] {cfg.MODEL.META_ARCHITECTURE}: AP={bbox.get('AP', nan):.1f}"
-        f" AP50={bbox.get('AP50', nan):.1f} | data {timings['data']:.0f}s, train"
+        f" AP50={bbox.get('AP50', nan):.1f} | {metrics['precision']} | data"
+        f" {timings['data']:.0f}s, train"
         f" {timings['train']:.0f}s ({cfg.SOLVER.MAX_ITER} it), eval {timings['eval']:.0f}s,"
         f" total {timings['total']:.0f}s | outputs in {cfg.OUTPUT_DIR}",
         flush=True,
@@ -265,6 +272,7 @@ def run_demo(
         ap50_per_class=ap50_per_class,
         timings_s=timings,
         meta_architecture=cfg.MODEL.META_ARCHITECTURE,
+        precision=_network_precision(model),
         backbone=cfg.MODEL.BACKBONE.NAME,
         anchor_generator=cfg.MODEL.ANCHOR_GENERATOR.NAME,
         max_iter=cfg.SOLVER.MAX_ITER,

@@ -66,6 +66,20 @@ def test_model_build_refuses_bf16_without_native_support(cpu_flags) -> None:
         build_model(cfg)
 
 
+@pytest.mark.parametrize(
+    ("setting", "flags", "expected"),
+    [("float32", ("amx_bf16",), torch.float32), ("auto", ("amx_bf16",), torch.bfloat16),
+     ("auto", (), torch.float32), ("bfloat16", ("avx512_bf16",), torch.bfloat16)],
+)
+def test_network_dtype_is_the_precision_as_resolved_on_this_cpu(cpu_flags, setting, flags,
+                                                               expected) -> None:
+    # what the demo reports as the precision it ran in
+    cpu_flags(*flags)
+    cfg = retinanet_cfg(ours=True, num_classes=3)
+    cfg.MODEL.RETINANET_EXT.PRECISION = setting
+    assert build_model(cfg).network_dtype is expected
+
+
 def _pair(num_classes: int = 3):
     torch.manual_seed(0)
     cfg = retinanet_cfg(ours=True, num_classes=num_classes)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import retinanet_ext  # noqa: F401  (compatibility bridges first)
 from retinanet_ext.data import synthetic
+from retinanet_ext.modeling.precision import cpu_bf16_flags
 
 import pytest
 
@@ -206,6 +207,9 @@ def test_readme_main_command_end_to_end(tmp_path):
     for name in synthetic.CLASS_NAMES:
         assert "AP-" + name in saved["bbox"]
     assert set(saved["timings_s"]) >= {"data", "train", "eval", "total"}
+    # the demo config's PRECISION auto: bfloat16 only where the CPU has it natively
+    assert saved["precision"] == ("bfloat16" if cpu_bf16_flags() else "float32")
+    assert f"| {saved['precision']} |" in result.stdout  # the one-line summary says it
     pngs = sorted(os.listdir(out / "predictions"))
     assert len(pngs) == 2 and all(p.endswith(".png") for p in pngs)
     assert (out / "config.yaml").is_file()

@@ -194,10 +194,20 @@ class RetinaNetExt(DenseDetector):
                 "dict; call model.eval() for inference."
             )
         device_type = self.device.type
+        with network_autocast(self._network_autocast_dtype(device_type), device_type):
+            return super().forward(batched_inputs)
+
+    def _network_autocast_dtype(self, device_type: str) -> torch.dtype | None:
         if device_type not in self._autocast_dtypes:
             self._autocast_dtypes[device_type] = autocast_dtype(self.precision, device_type)
-        with network_autocast(self._autocast_dtypes[device_type], device_type):
-            return super().forward(batched_inputs)
+        return self._autocast_dtypes[device_type]
+
+    @property
+    def network_dtype(self) -> torch.dtype:
+        """The dtype the backbone and head compute in on the model's device: ``precision``
+        as resolved there (``auto`` on a CPU: bfloat16 where it has native bf16, else
+        float32)."""
+        return self._network_autocast_dtype(self.device.type) or torch.float32
 
     def preprocess_image(self, batched_inputs: Sequence[dict[str, Any]]) -> ImageList:
         """``DenseDetector``'s normalise, pad and batch; channels-last where configured."""
