@@ -1,5 +1,6 @@
 """README's "Use the model" section, run as written (tiny budgets appended): train, predict,
-export --verify, predict with the exported model, plot; then its Python example."""
+export --verify, export --int8, predict with the exported model, plot; then its Python
+example."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_readme_use_the_model_commands(datasets_root: Path, tmp_path: Path) -> N
     commands = readme_commands()
     assert [c.split()[:2] for c in commands] == [
         ["python", "train_net.py"], ["retinanet-ext", "predict"], ["retinanet-ext", "export"],
-        ["retinanet-ext", "predict"], ["retinanet-ext", "plot"]]
+        ["retinanet-ext", "export"], ["retinanet-ext", "predict"], ["retinanet-ext", "plot"]]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     tool = str(Path(sys.executable).parent / "retinanet-ext")
     for command in commands:
@@ -58,14 +59,17 @@ def test_readme_use_the_model_commands(datasets_root: Path, tmp_path: Path) -> N
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900,
                                 cwd=REPO_ROOT, env=env)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
-        if argv[1:3] == ["export", "--format"]:
+        if argv[1] == "export" and "--verify" in argv:
             assert "PASSED: 3 images" in result.stdout
+        elif argv[1] == "export":  # --int8
+            assert "quantizing to int8 with 32 calibration images" in result.stdout
     detections = json.loads((out / "predictions" / "predictions.json").read_text())
     assert {d["category_name"] for d in detections} <= {"Platelets", "RBC", "WBC"}
     assert len({d["file_name"] for d in detections}) == 10
     assert len(list((out / "predictions").glob("BloodImage_0000*.png"))) == 10
     assert (out / "predictions" / "predictions.csv").is_file()
     assert (out / "model.onnx").is_file()
+    assert (out / "model-int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size / 2
     summary = json.loads((out / "predictions_onnx" / "summary.json").read_text())
     assert len(summary["images"]) == 10 and summary["class_names"] == ["Platelets", "RBC", "WBC"]
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
