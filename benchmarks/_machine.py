@@ -18,6 +18,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: Instruction-set flags that decide the speed of float32, bf16 and int8 kernels.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+              "amx_int8")
+
+
+def cpu_simd_flags() -> str:
+    """Which of :data:`SIMD_FLAGS` the CPU has (from /proc/cpuinfo), space separated."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(flag for flag in SIMD_FLAGS if flag in flags) or "none of them"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages: how busy the machine was."""
     try:

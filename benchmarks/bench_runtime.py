@@ -13,6 +13,15 @@ compare each runtime's detections with our PyTorch ones (``retinanet_ext.export.
     .venv/bin/python benchmarks/bench_runtime.py                  # R50-FPN, 512x768
     .venv/bin/python benchmarks/bench_runtime.py --size 128x192 --depth 18 --repeats 1
     .venv/bin/python benchmarks/bench_runtime.py --variants channels_last,bfloat16+channels_last
+    .venv/bin/python benchmarks/bench_runtime.py --int8   # + export --int8's model
+    .venv/bin/python benchmarks/bench_runtime.py --int8 --isa avx2 --out ..._avx2.md
+
+``--isa avx2`` runs as on a CPU without AVX-512 (e.g. AMD EPYC before Zen 4): the process
+restarts itself with ``ATEN_CPU_CAPABILITY=avx2`` (PyTorch's own kernels) and
+``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's: PyTorch's convolutions and OpenVINO), and leaves out
+onnxruntime, whose kernels (MLAS) choose their instruction set from the CPU and cannot be
+held back. An emulation on this CPU (same caches, memory and clock), not a measurement on
+such a machine.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
 from retinanet_ext.export import ExportedModel, export_model  # noqa: E402
 from retinanet_ext.export.verify import compare_detections  # noqa: E402
 
-from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, cpu_simd_flags, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from bench_model import build_models, parse_variant  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -82,6 +91,9 @@ def build_runners(args, folder: str, height: int, width: int) -> dict[str, Calla
                ("TorchScript", "torchscript", ".ts")]
     exported: dict[str, str] = {}
     for backend, fmt, suffix in formats:
+        if backend == "onnxruntime" and args.isa != "native":
+            print(f"--isa {args.isa}: no onnxruntime rows (its kernels cannot be held back)")
+            continue
         if backend == "openvino" and not _installed("openvino"):
             print("OpenVINO is not installed (pip install openvino): no OpenVINO row")
             continue
@@ -91,7 +103,27 @@ def build_runners(args, folder: str, height: int, width: int) -> dict[str, Calla
             print(f"exported {fmt} in {time.perf_counter() - started:.1f} s", flush=True)
         runners[f"{backend} (exported)"] = ExportedModel(
             exported[fmt], backend.lower() if backend != "TorchScript" else "torchscript")
+        if args.int8 and fmt == "onnx":
+            if "onnx-int8" not in exported:
+                exported["onnx-int8"] = quantize_for_timing(exported["onnx"], folder, height,
+                                                            width)
+            runners[f"{backend} int8 (export --int8)"] = ExportedModel(
+                exported["onnx-int8"], backend.lower())
     return runners
+
+
+def quantize_for_timing(onnx_path: str, folder: str, height: int, width: int) -> str:
+    """The int8 model of ``retinanet-ext export --int8``, calibrated on 8 generated images of
+    the benchmark's size (the weights are random: the timing is what counts here; the AP cost
+    of int8 on trained models is benchmarks/precision_accuracy.py's)."""
+    from retinanet_ext.export.quantize import quantize_onnx
+    from retinanet_ext.export.verify import sample_images
+
+    started = time.perf_counter()
+    path = quantize_onnx(onnx_path, os.path.join(folder, "model-int8.onnx"),
+                         sample_images([(height, width)] * 8, seed=1))
+    print(f"quantized to int8 in {time.perf_counter() - started:.1f} s", flush=True)
+    return path
 
 
 def _installed(module: str) -> bool:
@@ -124,11 +156,19 @@ def parity(runners: dict[str, Callable], image: np.ndarray) -> dict[str, str]:
         if name == "retinanet_ext PyTorch" or name.startswith("Detectron2"):
             continue
         result = runner(image)
+        if "int8" in name:  # not float32 parity: int8 changes the outputs by design
+            out[name] = (f"{len(result)}/{len(reference)} dets; int8, so not compared: its "
+                         "cost is AP on trained models (precision_accuracy_*.md)")
+            continue
         same, box_diff, score_diff = compare_detections(reference, result)
         out[name] = (f"{len(result)}/{len(reference)} dets, classes "
                      f"{'same' if same else 'differ'}, box {box_diff:.1e} px, "
                      f"score {score_diff:.1e}")
     return out
+
+
+#: --isa -> ONEDNN_MAX_CPU_ISA.
+ISA_CAPS = {"avx2": "AVX2"}
 
 
 def main() -> None:
@@ -139,10 +179,20 @@ def main() -> None:
     parser.add_argument("--variants", default="",
                         help="more PyTorch runners of ours, comma separated, as bench_model.py's "
                         "--variants (e.g. channels_last,bfloat16+channels_last)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also the int8 model of `retinanet-ext export --int8` "
+                        "(onnxruntime, and OpenVINO if installed)")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: emulate a CPU without AVX-512 (PyTorch and OpenVINO held "
+                        "to AVX2; onnxruntime left out)")
     parser.add_argument("--cls-bias", type=float, default=-3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/runtime_cpu.md"))
     args = parser.parse_args()
+    if args.isa != "native" and os.environ.get("ONEDNN_MAX_CPU_ISA") != ISA_CAPS[args.isa]:
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": args.isa,
+               "ONEDNN_MAX_CPU_ISA": ISA_CAPS[args.isa]}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # the caps act at start-up
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in args.variants:
         parse_variant(variant)
@@ -176,6 +226,10 @@ def machine_info(args) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_simd_flags": cpu_simd_flags(),
+        "isa": args.isa if args.isa == "native" else
+        f"{args.isa}: ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')}, "
+        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} (an emulation on this CPU)",
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -13,6 +13,14 @@ and in each other ``MODEL.RETINANET_EXT.PRECISION``, in one process, same data.
 The config is the ``config.yaml`` that training wrote to its OUTPUT_DIR (it holds, e.g., the
 anchors chosen from the data). Writes a markdown table (``--out``) with the machine,
 every COCO metric per precision and its difference to float32, and the evaluation time.
+
+``--runtimes onnx,onnx-int8,openvino,openvino-int8`` adds the exported model run by
+onnxruntime or OpenVINO (float32; ``-int8``: quantized by ``retinanet-ext export --int8``'s code
+with ``--calibration-count`` images of DATASETS.TRAIN, spread over it, or
+``--calibration-images``), evaluated on the same images by the same evaluator from the
+detections of :class:`retinanet_ext.export.ExportedModel`. With ``ONEDNN_MAX_CPU_ISA=AVX2``
+(and ``--precisions float32``) PyTorch and OpenVINO run AVX2 kernels only, as on a CPU without
+AVX-512 (onnxruntime ignores it).
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ def main() -> None:
                         help="NAME=FORMAT:PATHS, as train_net.py takes it (repeatable)")
     parser.add_argument("--precisions", default="float32,bfloat16",
                         help="comma separated; the first is the reference")
+    parser.add_argument("--runtimes", default="",
+                        help="comma separated among onnx, onnx-int8, openvino, openvino-int8: "
+                        "exported models too")
+    parser.add_argument("--calibration-images", nargs="+", default=None,
+                        help="for onnx-int8 (default: DATASETS.TRAIN's images)")
+    parser.add_argument("--calibration-count", type=int, default=32)
     parser.add_argument("--out",
                         default=str(REPO_ROOT / "benchmarks/results/precision_accuracy.md"))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -91,11 +105,19 @@ def main() -> None:
                                      if v == v and not k.startswith("AP50-")}), f"{seconds:.1f}s",
               flush=True)
 
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise SystemExit(f"error: --runtimes {sorted(unknown)}: expected among {RUNTIMES}")
+    if runtimes:
+        results.update(evaluate_exported(base, args, runtimes))
+
     import detectron2
 
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": f"{cpu_model()}; {cpu_description()}; {os.cpu_count()} logical CPUs",
+        "oneDNN ISA cap (ONEDNN_MAX_CPU_ISA)": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "detectron2": detectron2.__version__,
@@ -104,7 +126,66 @@ def main() -> None:
         "dataset": ", ".join(base.DATASETS.TEST),
         "load_average_end": load_average(),
     }
+    for package in ("onnxruntime", "openvino"):
+        if any(RUNTIMES[r][0] == package for r in runtimes):
+            info[package] = __import__(package).__version__
     write_results(Path(args.out), info, results, " ".join(sys.argv[1:]))
+
+
+#: --runtimes: name -> (ExportedModel backend, int8).
+RUNTIMES = {"onnx": ("onnxruntime", False), "onnx-int8": ("onnxruntime", True),
+            "openvino": ("openvino", False), "openvino-int8": ("openvino", True)}
+
+
+def evaluate_exported(base, args, runtimes: list[str]) -> dict:
+    """{runtime: {"bbox", "seconds", "channels_last"}} for the checkpoint exported to ONNX
+    (float32, and int8 where asked), run by each runtime on DATASETS.TEST's images."""
+    from retinanet_ext.export import ExportedModel, export_model
+    from retinanet_ext.export.quantize import calibration_files, quantize_onnx
+    from retinanet_ext.predictor import Predictor
+
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, Instances
+
+    cfg = base.clone()
+    cfg.defrost()
+    cfg.MODEL.RETINANET_EXT.PRECISION = "float32"
+    cfg.freeze()
+    predictor = Predictor(cfg, args.weights)
+    work = tempfile.mkdtemp(prefix="precision_accuracy_onnx_")
+    files = {False: export_model(predictor, os.path.join(work, "model.onnx"), "onnx")}
+    if any(RUNTIMES[runtime][1] for runtime in runtimes):
+        sources = args.calibration_images or [
+            record["file_name"] for record in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])]
+        calibration = calibration_files(sources, args.calibration_count)
+        start = time.perf_counter()
+        files[True] = quantize_onnx(files[False], os.path.join(work, "int8.onnx"), calibration)
+        print(f"int8: {len(calibration)} calibration images, "
+              f"{time.perf_counter() - start:.1f}s", flush=True)
+    dataset = cfg.DATASETS.TEST[0]
+    results = {}
+    for runtime in runtimes:
+        backend, int8 = RUNTIMES[runtime]
+        model = ExportedModel(files[int8], backend,
+                              score_thresh=cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
+        evaluator = Trainer.build_evaluator(cfg, dataset,
+                                            os.path.join(base.OUTPUT_DIR, runtime))
+        evaluator.reset()
+        start = time.perf_counter()
+        for record in DatasetCatalog.get(dataset):
+            found = model(record["file_name"])
+            instances = Instances(found.image_size,
+                                  pred_boxes=Boxes(torch.from_numpy(found.boxes)),
+                                  scores=torch.from_numpy(found.scores),
+                                  pred_classes=torch.from_numpy(found.class_ids))
+            evaluator.process([record], [{"instances": instances}])
+        bbox = evaluator.evaluate()["bbox"]
+        seconds = time.perf_counter() - start
+        results[runtime] = {"bbox": dict(bbox), "seconds": seconds, "channels_last": False}
+        print(runtime, json.dumps({k: round(v, 2) for k, v in bbox.items()
+                                   if v == v and not k.startswith("AP50-")}), f"{seconds:.1f}s",
+              flush=True)
+    return results
 
 
 def write_results(path: Path, info: dict, results: dict, argv: str) -> None:

@@ -170,7 +170,8 @@ def test_bench_runtime_smoke(tmp_path: Path) -> None:
     out = tmp_path / "runtime.md"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
-         "--depth", "18", "--repeats", "1", "--variants", "channels_last", "--out", str(out)],
+         "--depth", "18", "--repeats", "1", "--variants", "channels_last", "--int8",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
@@ -180,3 +181,22 @@ def test_bench_runtime_smoke(tmp_path: Path) -> None:
     assert all(row["median_s"] > 0 for row in rows)
     assert "classes same" in rows[1]["parity"] and "classes same" in rows[3]["parity"]
     assert "| onnxruntime (exported) |" in out.read_text()
+    assert "onnxruntime int8 (export --int8)" in names
+
+
+@pytest.mark.once
+@pytest.mark.slow
+def test_bench_runtime_avx2_emulation_smoke(tmp_path: Path) -> None:
+    """--isa avx2 restarts with PyTorch and oneDNN held to AVX2 and leaves onnxruntime out."""
+    out = tmp_path / "runtime_avx2.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
+         "--depth", "18", "--repeats", "1", "--isa", "avx2", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["info"]["cpu_capability"] in ("AVX2", "DEFAULT")  # never AVX512 under the cap
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in saved["info"]["isa"]
+    names = [row["runner"] for row in saved["rows"]]
+    assert "Detectron2 RetinaNet PyTorch" in names
+    assert not any(name.startswith("onnxruntime") for name in names)
