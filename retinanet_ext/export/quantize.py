@@ -86,6 +86,22 @@ class _Calibration:
         return iter(self.get_next, None)
 
 
+class _FirstOnly(logging.Filter):
+    """Lets each message through once: onnxruntime's quantizer warns for every node that
+    shares a weight it cannot quantize per channel (e.g. GroupNorm's scale, tens of times)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
                   calibration_images: Sequence[Any]) -> str:
     """Write an int8 copy of the exported float32 ONNX model ``source`` to ``destination``.
@@ -125,6 +141,9 @@ def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
         # shape inference and graph optimisations first, as onnxruntime recommends
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         reader = _Calibration(model, images)
+        once = _FirstOnly()
+        root = logging.getLogger()  # where onnxruntime.quantization logs
+        root.addFilter(once)
         try:
             quantize_static(prepared, partial, reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
@@ -142,6 +161,7 @@ def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
             onnx.save(quantized, partial)
             os.replace(partial, destination)
         finally:
+            root.removeFilter(once)
             if os.path.exists(partial):
                 os.remove(partial)
     logger.info("Quantized %s to int8 (%d calibration images): %s", source, reader.count,
