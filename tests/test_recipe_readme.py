@@ -1,9 +1,10 @@
 """README's small-data recipe commands, run as written (tiny budgets appended): training with
 configs/recipes/small_data_R18_FPN.yaml (anchors chosen from the data at start-up), then the
-precision-accuracy benchmark on the model it wrote."""
+precision-accuracy benchmark on the model it wrote (bf16, and the ONNX float32/int8 runtimes)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -49,16 +50,26 @@ def test_readme_recipe_and_precision_accuracy_commands(datasets_root: Path,
     quick = load_config(str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml"))
     assert saved["MODEL"]["ANCHOR_GENERATOR"]["SIZES"] != quick.MODEL.ANCHOR_GENERATOR.SIZES
 
-    commands = readme_block_after("What bf16 costs a trained model")
-    assert len(commands) == 2 and "--demo" in commands[0]  # the --demo one: test_benchmarks.py
-    argv = shlex.split(localise(commands[1], datasets_root, out))
+    commands = readme_block_after("What bf16 and int8 cost a trained model")
+    assert len(commands) == 3 and "--demo" in commands[0]  # the --demo one: test_benchmarks.py
+    assert commands[1].startswith("R=")  # the BCCD run's folder: here, the one just trained
+    argv = shlex.split(localise(commands[2].replace("$R", str(out)), datasets_root, out))
     report = tmp_path / "accuracy.md"
     argv[argv.index("--out") + 1] = str(report)
+    runtimes = argv[argv.index("--runtimes") + 1].split(",")
+    assert runtimes == ["onnx", "onnx-int8", "openvino", "openvino-int8"]
+    if importlib.util.find_spec("openvino") is None:  # an optional extra
+        runtimes = [r for r in runtimes if not r.startswith("openvino")]
+    argv[argv.index("--runtimes") + 1] = ",".join(runtimes)
     # auto: bfloat16 where the CPU has it natively, float32 elsewhere (bfloat16 is refused there)
     argv = [sys.executable, str(REPO_ROOT / argv[2]), "--precisions", "float32,auto", *argv[3:]]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
                             env=env)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     results = json.loads(report.with_suffix(".json").read_text())["results"]
-    assert set(results) == {"float32", "auto"}
+    assert set(results) == {"float32", "auto", *runtimes}
     assert "AP-Platelets" in results["float32"]["bbox"]
+    # the float32 ONNX model evaluates exactly as PyTorch does; int8 gives its own figures
+    assert results["onnx"]["bbox"]["AP"] == pytest.approx(results["float32"]["bbox"]["AP"],
+                                                          abs=0.05)
+    assert "AP-Platelets" in results["onnx-int8"]["bbox"]
