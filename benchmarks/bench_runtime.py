@@ -206,6 +206,10 @@ def main() -> None:
         runners = build_runners(args, folder, height, width)
         times = time_round_robin(runners, image, args.repeats)
         parities = parity(runners, image)
+        kernels = {name: openvino_conv_kernels(runner.path, image.shape[:2])
+                   for name, runner in runners.items() if name.startswith("openvino")}
+    for name, found in kernels.items():
+        parities[name] = f"{parities[name]}; conv kernels {found}".lstrip("; ")
     reference = statistics.median(times["Detectron2 RetinaNet PyTorch"])
     rows = [{"runner": name, "median_s": statistics.median(t), "min_s": min(t),
              "ratio": statistics.median(t) / reference, "parity": parities.get(name, "")}
@@ -215,6 +219,23 @@ def main() -> None:
               f"{row['parity']}", flush=True)
     info["load_average_end"] = load_average()
     write_results(Path(args.out), info, rows, args, " ".join(sys.argv[1:]))
+
+
+def openvino_conv_kernels(path: str, size: tuple[int, int]) -> str:
+    """The kernels OpenVINO ran the model's convolutions with (its per-layer profile, one
+    inference at ``size``; float32 hint, as the runtime compiles it), e.g.
+    ``brgconv_avx2_f32 x72``: which instruction set was really used."""
+    import collections
+
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        path, "CPU", {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    request.infer({0: np.zeros((1, 3, *size), dtype=np.float32)})
+    counts = collections.Counter(info.exec_type for info in request.get_profiling_info()
+                                 if info.node_type == "Convolution")
+    return ", ".join(f"{kind} x{count}" for kind, count in counts.most_common())
 
 
 def machine_info(args) -> dict:
