@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true",
                         help="also the int8 model of `retinanet-ext export --int8` "
                         "(onnxruntime, and OpenVINO if installed)")
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+    parser.add_argument("--isa", choices=("native", *ISA_CAPS), default="native",
                         help="avx2: emulate a CPU without AVX-512 (PyTorch and OpenVINO held "
                         "to AVX2; onnxruntime left out)")
     parser.add_argument("--cls-bias", type=float, default=-3.0)
@@ -209,7 +209,7 @@ def main() -> None:
         kernels = {name: openvino_conv_kernels(runner.path, image.shape[:2])
                    for name, runner in runners.items() if name.startswith("openvino")}
     for name, found in kernels.items():
-        parities[name] = f"{parities[name]}; conv kernels {found}".lstrip("; ")
+        parities[name] += f"; conv kernels {found}"
     reference = statistics.median(times["Detectron2 RetinaNet PyTorch"])
     rows = [{"runner": name, "median_s": statistics.median(t), "min_s": min(t),
              "ratio": statistics.median(t) / reference, "parity": parities.get(name, "")}

@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     setup_logger(name="retinanet_ext")
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:  # before any evaluation runs
+        raise SystemExit(f"error: --runtimes {sorted(unknown)}: expected among {list(RUNTIMES)}")
     if not Path(args.weights).is_file():
         raise SystemExit(f"error: --weights {args.weights}: no such file")
 
@@ -105,10 +109,6 @@ def main() -> None:
                                      if v == v and not k.startswith("AP50-")}), f"{seconds:.1f}s",
               flush=True)
 
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    unknown = set(runtimes) - set(RUNTIMES)
-    if unknown:
-        raise SystemExit(f"error: --runtimes {sorted(unknown)}: expected among {RUNTIMES}")
     if runtimes:
         results.update(evaluate_exported(base, args, runtimes))
 

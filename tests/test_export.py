@@ -163,18 +163,22 @@ def test_openvino_runs_the_onnx_file(predictor, exported) -> None:
     assert report.passed, report.format()
 
 
+def run_bench_runtime(out: Path, *args: str) -> dict:
+    """benchmarks/bench_runtime.py on a tiny size, one run each; its saved JSON."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
+         "--depth", "18", "--repeats", "1", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 @pytest.mark.once
 @pytest.mark.slow
 def test_bench_runtime_smoke(tmp_path: Path) -> None:
     """benchmarks/bench_runtime.py runs end to end on a tiny size (plumbing, not speed)."""
     out = tmp_path / "runtime.md"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
-         "--depth", "18", "--repeats", "1", "--variants", "channels_last", "--int8",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = run_bench_runtime(out, "--variants", "channels_last", "--int8")["rows"]
     names = [row["runner"] for row in rows]
     assert names[:4] == ["retinanet_ext PyTorch", "retinanet_ext PyTorch channels_last",
                          "Detectron2 RetinaNet PyTorch", "onnxruntime (exported)"]
@@ -188,13 +192,7 @@ def test_bench_runtime_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_runtime_avx2_emulation_smoke(tmp_path: Path) -> None:
     """--isa avx2 restarts with PyTorch and oneDNN held to AVX2 and leaves onnxruntime out."""
-    out = tmp_path / "runtime_avx2.md"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_runtime.py"), "--size", "96x128",
-         "--depth", "18", "--repeats", "1", "--isa", "avx2", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads(out.with_suffix(".json").read_text())
+    saved = run_bench_runtime(tmp_path / "runtime_avx2.md", "--isa", "avx2")
     assert saved["info"]["cpu_capability"] in ("AVX2", "DEFAULT")  # never AVX512 under the cap
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in saved["info"]["isa"]
     names = [row["runner"] for row in saved["rows"]]
