@@ -12,7 +12,9 @@ setup(
     name="retinanet_ext",
     version="0.1.0",
     description="RetinaNet (Focal Loss for Dense Object Detection) as Detectron2 components",
-    packages=find_packages(include=("retinanet_ext", "retinanet_ext.*")),
+    packages=find_packages(
+        include=("retinanet_ext", "retinanet_ext.*", "retinanet_ext_cli", "retinanet_ext_cli.*")
+    ),
     python_requires=">=3.10",
     install_requires=[
         "torch",
@@ -35,5 +37,6 @@ setup(
         # predict --model with OpenVINO (reads the exported .onnx)
         "openvino": ["openvino>=2024.0", "onnx>=1.17"],
     },
-    entry_points={"console_scripts": ["retinanet-ext=retinanet_ext.cli:main"]},
+    # a package of its own, so that `retinanet-ext --help` imports no torch (retinanet_ext_cli)
+    entry_points={"console_scripts": ["retinanet-ext=retinanet_ext_cli:main"]},
 )

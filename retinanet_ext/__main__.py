@@ -2,6 +2,6 @@
 
 import sys
 
-from retinanet_ext.cli import main
+from retinanet_ext_cli import main
 
 sys.exit(main())

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext_cli import CommandError, add_config_arguments
 
 HELP = ("train every combination of --grid values, or every --variant of the config (x seeds)"
         " with train_net.py, resumably, "
@@ -69,7 +69,7 @@ RESERVED_KEYS = ("OUTPUT_DIR", "SEED")
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RUN_STATE = "sweep_run.json"
 RUN_LOG = "train_net.log"
-TRAIN_NET = Path(__file__).resolve().parents[2] / "train_net.py"
+TRAIN_NET = Path(__file__).resolve().parents[1] / "train_net.py"
 
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*")
 _EVAL_PREFIX = "bbox/"
@@ -597,9 +597,9 @@ def machine_line() -> str:
     """CPU, core count and library versions, for the tables."""
     import platform
 
-    from retinanet_ext import compat
-
     import torch
+
+    from retinanet_ext import compat
 
     cpu = platform.processor() or platform.machine()
     if os.path.isfile("/proc/cpuinfo"):
@@ -725,7 +725,7 @@ def _count(number: int, noun: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retinanet_ext.cli import reparse_trailing_flags
+    from retinanet_ext_cli import reparse_trailing_flags
 
     reparse_trailing_flags(args, add_arguments)  # "--seeds 0 1 SOLVER.MAX_ITER 300"
     axes = _parse_axes(args)

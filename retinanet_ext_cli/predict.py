@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext_cli import CommandError, add_config_arguments
 
 HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
 
@@ -120,9 +120,9 @@ def _write_json(path: str, data: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retinanet_ext.export import ImageReadError
-
     from tqdm import tqdm
+
+    from retinanet_ext.export import ImageReadError
 
     if not args.input or not args.output:
         raise CommandError("--input and --output are required")
@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _draw(model: Any, image_rgb: Any, detections: Any, output: str, used: set[str]) -> str:
-    from retinanet_ext.visualization import draw_boxes
-
     from PIL import Image
+
+    from retinanet_ext.visualization import draw_boxes
 
     drawn = draw_boxes(image_rgb, detections.boxes, detections.class_ids, model.class_names,
                        detections.scores)

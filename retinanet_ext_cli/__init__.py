@@ -1,5 +1,11 @@
 """``retinanet-ext``: one command-line tool for everything after ``train_net.py``.
 
+A package of its own, beside :mod:`retinanet_ext`, because ``import retinanet_ext`` registers
+the model components and so imports torch and Detectron2 (seconds): ``--help`` must not. No
+module here imports ``retinanet_ext``, torch, Detectron2, numpy or cv2 at module level, only
+inside a command's ``run`` (tests/test_cli_fast.py checks it); :func:`main` applies the
+Detectron2 compat bridges once, just before the command runs.
+
 Each subcommand is a module of this package with ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps the command
 name to its module, so adding a command touches that table and its own module only.
@@ -10,7 +16,7 @@ required flags in ``run`` rather than with argparse's ``required=True``. A user 
 config, dataset, checkpoint, input) ends as one ``error:`` line on stderr with exit status 2.
 
     retinanet-ext --help
-    python -m retinanet_ext predict --help
+    python -m retinanet_ext predict --help     # or python -m retinanet_ext_cli
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ __all__ = [
 #: A config override's key, e.g. MODEL.WEIGHTS (the KEY of trailing KEY VALUE pairs).
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
-#: command name -> module under retinanet_ext.cli (imported only when the command runs).
+#: command name -> module of this package (imported to build the parser: light at module level).
 COMMANDS: dict[str, str] = {
     "predict": "predict",
     "export": "export",
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"retinanet_ext.cli.{module_name}")
+        module = importlib.import_module(f"retinanet_ext_cli.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(command_module=module)
@@ -128,8 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``retinanet-ext`` console script and ``python -m retinanet_ext``."""
+    """Entry point of the ``retinanet-ext`` console script, ``python -m retinanet_ext`` and
+    ``python -m retinanet_ext_cli``."""
     args = build_parser().parse_args(argv)
+    from retinanet_ext import compat  # the first heavy import: after --help has exited
+
+    compat.apply()
     try:
         if getattr(args, "opts", None):
             reparse_trailing_flags(args, args.command_module.add_arguments)
@@ -137,7 +147,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext_cli import CommandError, add_config_arguments
 
 if TYPE_CHECKING:
     from retinanet_ext.predictor import Predictor

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from retinanet_ext.cli import add_config_arguments
+from retinanet_ext_cli import add_config_arguments
 
 HELP = "anchor coverage of the training boxes per class and size, and anchors that fit better"
 
@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from retinanet_ext.analysis import analyze_anchors
-    from retinanet_ext.cli import CommandError
     from retinanet_ext.data import register_dataset_spec
     from retinanet_ext.engine import load_config
+    from retinanet_ext_cli import CommandError
 
     if args.max_images is not None and args.max_images < 1:
         raise CommandError(f"--max-images must be at least 1, got {args.max_images}")

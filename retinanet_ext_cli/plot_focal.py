@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext_cli import CommandError, add_config_arguments
 
 HELP = ("the paper's focal-loss figures: loss vs probability (fig. 1) and, for a checkpoint, "
         "the loss CDF over foreground/background anchors (fig. 4)")
@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _figure4(args: argparse.Namespace, gammas: tuple[float, ...]) -> dict[str, Any]:
     """Figure 4's numbers for the config's checkpoint (see the module docstring)."""
+    from detectron2.modeling import build_model
+
     from retinanet_ext.analysis.focal import anchor_focal_losses, normalized_loss_cdf
     from retinanet_ext.data import register_dataset_spec
     from retinanet_ext.engine import (
@@ -98,8 +100,6 @@ def _figure4(args: argparse.Namespace, gammas: tuple[float, ...]) -> dict[str, A
         load_weights,
         resolve_device,
     )
-
-    from detectron2.modeling import build_model
 
     for spec in args.dataset:
         register_dataset_spec(spec)

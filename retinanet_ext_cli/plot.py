@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from retinanet_ext.cli import CommandError
+from retinanet_ext_cli import CommandError
 
 HELP = "plot training curves (losses, learning rate) from OUTPUT_DIR/metrics.json"
 

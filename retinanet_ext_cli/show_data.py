@@ -18,7 +18,7 @@ import argparse
 import os
 from typing import Any
 
-from retinanet_ext.cli import CommandError, add_config_arguments
+from retinanet_ext_cli import CommandError, add_config_arguments
 
 HELP = "draw the ground-truth boxes of a few training images (optionally after augmentation)"
 
@@ -78,13 +78,13 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise CommandError(f"--num must be at least 1, got {args.num}")
 
-    from retinanet_ext.data import dataset_classes, register_dataset_spec
-    from retinanet_ext.engine import load_config
-    from retinanet_ext.visualization import draw_boxes
-
     import numpy as np
     from detectron2.data import DatasetMapper
     from PIL import Image
+
+    from retinanet_ext.data import dataset_classes, register_dataset_spec
+    from retinanet_ext.engine import load_config
+    from retinanet_ext.visualization import draw_boxes
 
     cfg = load_config(args.config_file, args.opts)
     names = [register_dataset_spec(spec) for spec in args.dataset] or list(cfg.DATASETS.TRAIN)

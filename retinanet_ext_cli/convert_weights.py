@@ -25,7 +25,7 @@ import pickle
 import re
 from typing import Any
 
-from retinanet_ext.cli import CommandError
+from retinanet_ext_cli import CommandError
 
 HELP = ("convert a torchvision ImageNet ResNet checkpoint (.pth) to a backbone .pkl for "
         "MODEL.WEIGHTS")
@@ -113,9 +113,9 @@ def convert_torchvision_resnet(state: dict[str, Any]) -> tuple[dict[str, Any], l
 def _read_state_dict(path: str) -> dict[str, Any]:
     """The state dict in ``path`` (read weights-only), unwrapped from ``{"model": ...}`` or
     ``{"state_dict": ...}`` and from DDP's ``module.`` prefix."""
-    from retinanet_ext.checkpoint import safe_torch_load
-
     import torch
+
+    from retinanet_ext.checkpoint import safe_torch_load
 
     if not os.path.isfile(path):
         raise CommandError(f"{path} does not exist")
