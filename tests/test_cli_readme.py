@@ -1,4 +1,4 @@
-"""README's "Use the model" section, run as written (tiny budgets appended): train, predict,
+"""docs/use.md, "Use the model", run as written (tiny budgets appended): train, predict,
 export --verify, export --int8, predict with the exported model, plot; then its Python
 example."""
 
@@ -13,19 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from _docs_helpers import doc_section
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Appended to the training command: a few steps at small sizes (the architecture stays the
-# config's, so the README's Python example loads the weights as they are).
+# config's, so the page's Python example loads the weights as they are).
 TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
               "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
               "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0"]
 
 
 def readme_section() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index("## Use the model")
-    return text[start:text.index("\n## ", start + 1)]
+    return doc_section("use.md", "# Use the model")
 
 
 def readme_commands() -> list[str]:
@@ -73,7 +72,7 @@ def test_readme_use_the_model_commands(datasets_root: Path, tmp_path: Path) -> N
     summary = json.loads((out / "predictions_onnx" / "summary.json").read_text())
     assert len(summary["images"]) == 10 and summary["class_names"] == ["Platelets", "RBC", "WBC"]
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
-    # What README says TensorBoard shows: Detectron2's events, with the losses.
+    # What the page says TensorBoard shows: Detectron2's events, with the losses.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out))

@@ -1,4 +1,4 @@
-"""README's "Your own data" section: its example specs parse, its commands run as written
+"""docs/data.md, "Your own data": its example specs parse, its commands run as written
 (the training one with a tiny budget appended)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.data import DATASET_FORMATS, parse_dataset_spec
-
 import pytest
+from _docs_helpers import doc_section
+
+from retinanet_ext.data import DATASET_FORMATS, parse_dataset_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
@@ -24,9 +25,7 @@ TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
 
 
 def readme_section() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index("## Your own data")
-    return text[start:text.index("\n## ", start + 1)]
+    return doc_section("data.md", "# Your own data")
 
 
 def test_readme_example_specs_parse():

@@ -1,4 +1,5 @@
-"""README's COCO-evaluation benchmark command runs, on a tiny set: plumbing, not speed."""
+"""docs/benchmarks.md's COCO-evaluation benchmark command runs, on a tiny set: plumbing, not
+speed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.evaluation import available_backends
-
 import pytest
+
+from retinanet_ext.evaluation import available_backends
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

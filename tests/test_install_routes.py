@@ -123,7 +123,7 @@ def test_run_test_rejects_an_unknown_route() -> None:
 
 @pytest.mark.slow
 def test_run_test_one_route_shows_the_detectron2_build() -> None:
-    # README's one-route command, on the route this suite runs on (no other venv is made).
+    # docs/install.md's one-route command, on the route this suite runs on (no other venv is made).
     venv = os.environ.get("RETINANET_EXT_VENV")
     if not venv or Path(venv).resolve() != Path(sys.prefix).resolve():
         pytest.skip("run by ./run test only (elsewhere ./run would install into a venv)")
@@ -141,8 +141,8 @@ def test_run_test_one_route_shows_the_detectron2_build() -> None:
 
 
 def test_readme_wheel_install_commands_on_the_wheel_route() -> None:
-    # README's two wheel commands, on the venv ./run test's wheel route made from that wheel:
-    # both find it installed (same stamp, same wheel) and change nothing.
+    # docs/install.md's two wheel commands, on the venv ./run test's wheel route made from that
+    # wheel: both find it installed (same stamp, same wheel) and change nothing.
     wheel = os.environ.get("RETINANET_EXT_DETECTRON2_WHEEL", "")
     venv = os.environ.get("RETINANET_EXT_VENV")
     if not wheel or not venv or Path(venv).resolve() != Path(sys.prefix).resolve():

@@ -1,33 +1,27 @@
-"""README's small-data recipe commands, run as written (tiny budgets appended): training with
-configs/recipes/small_data_R18_FPN.yaml (anchors chosen from the data at start-up), then the
-precision-accuracy benchmark on the model it wrote (bf16, and the ONNX float32/int8 runtimes)."""
+"""The small-data recipe's commands (docs/recipe.md, docs/benchmarks.md), run as written (tiny
+budgets appended): training with configs/recipes/small_data_R18_FPN.yaml (anchors chosen from
+the data at start-up), then the precision-accuracy benchmark on the model it wrote (bf16, and
+the ONNX float32/int8 runtimes)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.engine import load_config
-
 import pytest
 import yaml
+from _docs_helpers import block_after
 from test_cli_readme import TRAIN_TINY, localise
+
+from retinanet_ext.engine import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_TINY = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "224"]
-
-
-def readme_block_after(marker: str) -> list[str]:
-    """The commands of the first bash block after ``marker`` in README.md."""
-    text = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text[text.index(marker):], re.S).group(1)
-    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 @pytest.mark.once
@@ -36,7 +30,7 @@ def test_readme_recipe_and_precision_accuracy_commands(datasets_root: Path,
                                                        tmp_path: Path) -> None:
     out = tmp_path / "bccd"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    (train,) = readme_block_after("small_data_R18_FPN.yaml` is the small-data recipe")
+    (train,) = block_after("recipe.md", "small_data_R18_FPN.yaml` is the small-data recipe")
     argv = shlex.split(localise(train, datasets_root, out))
     assert argv[:2] == ["python", "train_net.py"]
     result = subprocess.run([sys.executable, str(REPO_ROOT / argv[1]), *argv[2:], *TRAIN_TINY,
@@ -50,7 +44,7 @@ def test_readme_recipe_and_precision_accuracy_commands(datasets_root: Path,
     quick = load_config(str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml"))
     assert saved["MODEL"]["ANCHOR_GENERATOR"]["SIZES"] != quick.MODEL.ANCHOR_GENERATOR.SIZES
 
-    commands = readme_block_after("What bf16 and int8 cost a trained model")
+    commands = block_after("benchmarks.md", "What bf16 and int8 cost a trained model")
     assert len(commands) == 3 and "--demo" in commands[0]  # the --demo one: test_benchmarks.py
     assert commands[1].startswith("R=")  # the BCCD run's folder: here, the one just trained
     argv = shlex.split(localise(commands[2].replace("$R", str(out)), datasets_root, out))

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from _checkpoint_helpers import REPO_ROOT
+from _docs_helpers import command_line
 
 
 @pytest.mark.slow
 def test_kill_soak_three_kills(tmp_path: Path) -> None:
-    """README's command (``python tools/kill_soak.py``) with a CI budget appended."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines()
-                if line.startswith("python tools/kill_soak.py"))
+    """docs/training.md's command (``python tools/kill_soak.py``) with a CI budget appended."""
+    line = command_line("training.md", "python tools/kill_soak.py")
     result = subprocess.run(
         [sys.executable, *line.split("#")[0].split()[1:], "--rounds", "1", "--kills",
          "3", "--max-iter", "15", "--seed", "1", "--output", str(tmp_path)],
