@@ -1,44 +1,46 @@
 """Bridges between Detectron2 (v0.6 from PyPI, or current GitHub source) and today's packages.
 
-Applied once by ``import retinanet_ext`` (see :func:`apply`), before any Detectron2
-submodule is imported. Each bridge checks for the real thing first and does nothing
-where it is present, and each is as narrow as the gap:
+``import retinanet_ext`` applies none of them. The import-time bridges are installed once
+per interpreter by a **start-up hook** that the project's set-up writes into its virtual
+environment (``./run`` calls ``python retinanet_ext/compat.py --install-startup-hook``):
+a ``retinanet_ext_bridges.pth`` file in site-packages that executes this file and calls
+:func:`apply` when Python starts, before any user code. So in the project's venv a user's
+own Detectron2 script works whatever it imports first, and behaves the same with or
+without ``import retinanet_ext``. Elsewhere, call :func:`apply` before Detectron2 is
+imported (this module imports only the standard library at its top). Each bridge checks
+for the real thing first and does nothing where it is present; each is as narrow as the
+gap. Listed, with the versions they cover and the private names they touch, in
+``docs/compat.md``:
 
-* ``detectron2._C`` missing (the ``pb1-detectron2`` release ships no C++ sources):
-  a stand-in module is installed so that ``import detectron2.modeling`` works, and
-  v0.6's ``nms_rotated`` (which reaches the extension through ``torch.ops.detectron2``)
-  is replaced by one that raises. RetinaNet uses none of the compiled ops. Any op that
-  needs them (rotated boxes, deformable convs, the fast COCO evaluator) raises
-  :class:`MissingCompiledExtensionError` naming the op and how to get the extension.
-  Inert where the real extension imports.
-* setuptools >= 81 removed ``pkg_resources``, which ``detectron2.model_zoo`` imports
-  for ``resource_filename`` alone: a stand-in ``pkg_resources`` with that one function
-  sits in ``sys.modules`` only while ``detectron2.model_zoo.model_zoo`` executes
-  (:class:`_ImportBridges`), and only when no ``pkg_resources`` can be found; the
-  process is left without a ``pkg_resources``. Cost: one dictionary look-up per import.
+* ``detectron2._C`` missing (the ``pb1-detectron2`` release ships no C++ sources): the
+  import of ``detectron2._C``, when no finder has the real one, gets a stand-in module whose
+  ops raise :class:`MissingCompiledExtensionError` naming the op and how to get the
+  extension; v0.6's ``nms_rotated`` (which reaches the extension through
+  ``torch.ops.detectron2``) is replaced, right after ``detectron2.layers.nms`` executes,
+  by one that raises the same. RetinaNet uses none of the compiled ops.
+* setuptools >= 81 removed ``pkg_resources``, which ``detectron2.model_zoo`` imports for
+  ``resource_filename`` alone: a stand-in ``pkg_resources`` with that one function sits in
+  ``sys.modules`` only while ``detectron2.model_zoo.model_zoo`` executes, and only when no
+  ``pkg_resources`` can be found.
 * Pillow >= 10 removed ``Image.LINEAR``, which v0.6's ``detectron2.data.transforms.transform``
-  uses as a default argument: the name is aliased to ``Image.BILINEAR`` (its old
-  meaning) only while that module executes, and removed again.
+  uses as a default argument: the name is aliased to ``Image.BILINEAR`` (its old meaning)
+  only while that module executes, and removed again.
 * ``torch.jit.script is deprecated`` FutureWarnings: ignored while the two modules that
   script functions at import time execute (``fvcore.nn.focal_loss``,
-  ``detectron2.modeling.box_regression``), so every command does not start with them;
-  any other warning, including ``torch.jit.script``'s for other callers, still shows.
-* Not bridged here: torch >= 2.6 loading checkpoints ``weights_only``. The allow-list a
-  Detectron2 training checkpoint needs (fvcore's LR schedules) is scoped to each load by
-  :func:`retinanet_ext.checkpoint.safe_torch_load`; a process-wide one would be removed
-  by torch's ``safe_globals`` context manager on its first exit anyway.
-* Multi-process training on CPU (:func:`launch`): v0.6's ``launch`` asserts CUDA and
-  uses NCCL, so CPU processes are started here over gloo. Inside those worker
-  processes only, ``create_ddp_model`` passes no ``device_ids`` (DDP rejects them for
-  CPU modules), and the per-machine process group is made by
-  :func:`_create_local_process_group`: the public ``comm.create_local_process_group``
-  where it exists, else v0.6's module global ``comm._LOCAL_PROCESS_GROUP``, the one
-  private Detectron2 name this package sets. On GPU, Detectron2's ``launch`` runs unchanged.
+  ``detectron2.modeling.box_regression``); any other warning still shows.
+* Multi-process training on CPU (:func:`launch`, scoped to that call): v0.6's ``launch``
+  asserts CUDA and uses NCCL, so CPU processes are started here over gloo. Inside those
+  worker processes only, ``create_ddp_model`` passes no ``device_ids`` and the per-machine
+  process group is made by :func:`_create_local_process_group` (v0.6: the private
+  ``comm._LOCAL_PROCESS_GROUP``).
+* Not bridged here: torch >= 2.6 loading checkpoints ``weights_only``; the allow-list is
+  scoped to each load by :func:`retinanet_ext.checkpoint.safe_torch_load`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -48,11 +50,13 @@ import logging
 import os
 import socket
 import sys
+import sysconfig
 import types
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -67,8 +71,10 @@ EXTENSION_HELP = (
     "RETINANET_EXT_DETECTRON2_WHEEL=PATH naming a Detectron2 wheel you built from source."
 )
 
-_applied = False
-_has_compiled_extension: bool | None = None
+#: The start-up hook's file in site-packages (a .pth file: Python's ``site`` runs its line).
+STARTUP_HOOK_NAME = "retinanet_ext_bridges.pth"
+#: Set on every object this module puts in place, so a check never mistakes it for the real one.
+_MARK = "__retinanet_ext_bridge__"
 
 
 class MissingCompiledExtensionError(RuntimeError):
@@ -106,14 +112,27 @@ class _MissingExtensionModule(types.ModuleType):
         return missing
 
 
+class _StandInLoader(importlib.abc.Loader):
+    """Makes the ``detectron2._C`` stand-in when no finder has the real extension."""
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _MissingExtensionModule(
+            spec.name, "Stand-in from retinanet_ext.compat: the compiled extension is missing.")
+        setattr(module, _MARK, True)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
 def has_compiled_extension() -> bool:
-    """Whether the real ``detectron2._C`` is importable (not our stand-in)."""
-    if _has_compiled_extension is not None:
-        return _has_compiled_extension
+    """Whether the real ``detectron2._C`` is importable (not the stand-in)."""
     module = sys.modules.get("detectron2._C")
     if module is not None:
-        return not isinstance(module, _MissingExtensionModule)
-    return importlib.util.find_spec("detectron2._C") is not None
+        return not getattr(module, _MARK, False)
+    if importlib.util.find_spec("detectron2") is None:
+        return False
+    return _real_spec("detectron2._C") is not None
 
 
 def describe_detectron2() -> str:
@@ -141,12 +160,31 @@ def describe_detectron2() -> str:
     )
 
 
-class _BridgedLoader(importlib.abc.Loader):
-    """Wraps a module's loader so that its code executes inside ``bridge()``."""
+def _real_spec(fullname: str, path: Any = None) -> importlib.machinery.ModuleSpec | None:
+    """The spec the other finders give for ``fullname`` (never this module's own)."""
+    if path is None and "." in fullname:
+        parent = sys.modules.get(fullname.rpartition(".")[0])
+        path = getattr(parent, "__path__", None)
+        if path is None:  # parent not imported yet: ask without importing it
+            parent_spec = importlib.util.find_spec(fullname.rpartition(".")[0])
+            path = getattr(parent_spec, "submodule_search_locations", None)
+    for finder in sys.meta_path:
+        if getattr(finder, _MARK, False) or not hasattr(finder, "find_spec"):
+            continue
+        spec = finder.find_spec(fullname, path, None)
+        if spec is not None:
+            return spec
+    return None
 
-    def __init__(self, loader: importlib.abc.Loader, bridge: Callable[[], Any]) -> None:
+
+class _BridgedLoader(importlib.abc.Loader):
+    """Wraps a module's loader: its code executes inside ``bridge()``, then ``after(module)``."""
+
+    def __init__(self, loader: importlib.abc.Loader, bridge: Callable[[], Any] | None,
+                 after: Callable[[types.ModuleType], None] | None) -> None:
         self._loader = loader
-        self._bridge = bridge
+        self._bridge = bridge or contextlib.nullcontext
+        self._after = after
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         return self._loader.create_module(spec)
@@ -154,6 +192,8 @@ class _BridgedLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         with self._bridge():
             self._loader.exec_module(module)
+        if self._after is not None:
+            self._after(module)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ...
         return getattr(self._loader, name)
@@ -163,27 +203,33 @@ class _ImportBridges(importlib.abc.MetaPathFinder):
     """A meta-path finder that answers only for the modules a bridge is scoped to.
 
     It takes the spec the other finders give and wraps its loader, so the bridge (a
-    context manager) is active exactly while that module's code executes.
+    context manager) is active exactly while that module's code executes, and the
+    ``after`` step runs once it has. For a module in ``fallbacks`` that no other finder
+    has, it gives the fallback's spec (the ``detectron2._C`` stand-in).
     """
 
-    def __init__(self, bridges: dict[str, Callable[[], Any]]) -> None:
+    def __init__(self, bridges: dict[str, Callable[[], Any]],
+                 after: dict[str, Callable[[types.ModuleType], None]],
+                 fallbacks: dict[str, importlib.abc.Loader]) -> None:
         self.bridges = bridges
+        self.after = after
+        self.fallbacks = fallbacks
+        setattr(self, _MARK, True)
 
     def find_spec(
         self, fullname: str, path: Any = None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        bridge = self.bridges.get(fullname)
-        if bridge is None:
+        if fullname not in self.bridges and fullname not in self.after \
+                and fullname not in self.fallbacks:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _BridgedLoader(spec.loader, bridge)
-                return spec
-        return None
+        spec = _real_spec(fullname, path)
+        if spec is None:
+            loader = self.fallbacks.get(fullname)
+            return None if loader is None else importlib.machinery.ModuleSpec(fullname, loader)
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _BridgedLoader(spec.loader, self.bridges.get(fullname),
+                                         self.after.get(fullname))
+        return spec
 
 
 def _resource_filename(package: str, resource: str) -> str:
@@ -236,63 +282,170 @@ def _quiet_jit_script_deprecation() -> Iterator[None]:
         yield
 
 
-IMPORT_BRIDGES = _ImportBridges(
-    {
-        "detectron2.model_zoo.model_zoo": _pkg_resources_stand_in,
-        "detectron2.data.transforms.transform": _pillow_linear_alias,
-        "fvcore.nn.focal_loss": _quiet_jit_script_deprecation,
-        "detectron2.modeling.box_regression": _quiet_jit_script_deprecation,
-    }
-)
-
-
-def _bridge_compiled_extension() -> bool:
-    """Install the stand-in for ``detectron2._C`` if the real one is missing.
-
-    Returns whether the real extension is present.
-    """
-    global _has_compiled_extension
-    import detectron2
-
-    try:
-        importlib.import_module("detectron2._C")
-        _has_compiled_extension = True
-        return True
-    except ImportError:
-        pass
-    stand_in = _MissingExtensionModule(
-        "detectron2._C", "Stand-in installed by retinanet_ext.compat: the extension is missing."
-    )
-    sys.modules["detectron2._C"] = stand_in
-    detectron2._C = stand_in
-    _has_compiled_extension = False
-    return False
-
-
-def _bridge_rotated_nms() -> None:
-    """v0.6 calls rotated NMS through ``torch.ops.detectron2``, registered by ``_C``."""
-    from detectron2 import layers
-
-    # Not "from detectron2.layers import nms": the package exports a function of that name.
-    nms = importlib.import_module("detectron2.layers.nms")
+def _raise_on_rotated_nms(nms_module: types.ModuleType) -> None:
+    """v0.6 calls rotated NMS through ``torch.ops.detectron2``, registered by ``_C``: where
+    ``_C`` is the stand-in, ``nms_rotated`` raises the stand-in's clear error instead."""
+    if has_compiled_extension():
+        return
 
     def nms_rotated(boxes: Any, scores: Any, iou_threshold: float) -> Any:
         raise MissingCompiledExtensionError("detectron2.layers.nms_rotated")
 
-    nms.nms_rotated = nms_rotated
-    layers.nms_rotated = nms_rotated
+    setattr(nms_rotated, _MARK, True)
+    nms_module.nms_rotated = nms_rotated
+
+
+IMPORT_BRIDGES = _ImportBridges(
+    bridges={
+        "detectron2.model_zoo.model_zoo": _pkg_resources_stand_in,
+        "detectron2.data.transforms.transform": _pillow_linear_alias,
+        "fvcore.nn.focal_loss": _quiet_jit_script_deprecation,
+        "detectron2.modeling.box_regression": _quiet_jit_script_deprecation,
+    },
+    after={"detectron2.layers.nms": _raise_on_rotated_nms},
+    fallbacks={"detectron2._C": _StandInLoader()},
+)
+
+
+def bridges_installed() -> bool:
+    """Whether this interpreter has the import-time bridges (from the start-up hook or
+    :func:`apply`)."""
+    return any(getattr(finder, _MARK, False) for finder in sys.meta_path)
 
 
 def apply() -> None:
-    """Apply every bridge once. Idempotent; called by ``import retinanet_ext``."""
-    global _applied
-    if _applied:
-        return
-    if IMPORT_BRIDGES not in sys.meta_path:
+    """Install the import-time bridges in this interpreter. Idempotent.
+
+    The project's venv does this at start-up (:func:`install_startup_hook`); call it
+    yourself only elsewhere, before Detectron2 is imported: a bridge acts while its module
+    imports, so a module imported before this call is left as it is.
+    """
+    if not bridges_installed():
         sys.meta_path.insert(0, IMPORT_BRIDGES)
-    if not _bridge_compiled_extension():
-        _bridge_rotated_nms()
-    _applied = True
+
+
+def missing_bridges_help(error: BaseException) -> str | None:
+    """What to do when importing Detectron2 failed for want of the bridges, else None."""
+    text = str(error)
+    if not ("_C" in text or "LINEAR" in text or "pkg_resources" in text) or bridges_installed():
+        return None
+    return (f"importing Detectron2 failed ({type(error).__name__}: {text}): this Detectron2 "
+            "needs retinanet_ext's compatibility bridges, which are installed into the "
+            "project's venv by ./run. In another environment, run once:\n"
+            f"    {sys.executable} {Path(__file__).resolve()} --install-startup-hook")
+
+
+def install_startup_hook(site_packages: str | os.PathLike | None = None) -> Path:
+    """Write the start-up hook (:data:`STARTUP_HOOK_NAME`) into ``site_packages`` (this
+    interpreter's purelib by default). At every start of that Python it finds the installed
+    ``retinanet_ext`` without importing it, executes its ``compat.py`` as
+    ``retinanet_ext.compat`` (one module object, which the package reuses once it imports)
+    and calls :func:`apply`; nothing else runs, and it does nothing where the package is
+    gone. Returns the hook's path."""
+    folder = Path(site_packages or sysconfig.get_paths()["purelib"])
+    line = (  # one line: site runs a .pth line that starts with "import"
+        "import os, sys, importlib.util as u; "
+        "r = 'retinanet_ext.compat' not in sys.modules and u.find_spec('retinanet_ext'); "
+        "p = r and os.path.join(list(r.submodule_search_locations)[0], 'compat.py'); "
+        "s = p and os.path.isfile(p) and u.spec_from_file_location('retinanet_ext.compat', p); "
+        "m = s and u.module_from_spec(s); "
+        "s and (sys.modules.__setitem__('retinanet_ext.compat', m), s.loader.exec_module(m), "
+        "m.apply())"
+    )
+    hook = folder / STARTUP_HOOK_NAME
+    hook.write_text("# retinanet_ext: Detectron2 compatibility bridges (retinanet_ext/compat.py; "
+                    "docs/compat.md). Written by the project's set-up.\n" + line + "\n")
+    return hook
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateName:
+    """A private name of Detectron2, fvcore or numpy that the project relies on."""
+
+    name: str  #: dotted, as its owner spells it
+    used_by: str  #: the project's module that touches it
+    why: str  #: why no public hook serves
+    present: Callable[[], bool]  #: whether this installation still has it, in the used form
+
+
+def _source_contains(owner: Any, *snippets: str) -> bool:
+    """Whether ``owner``'s source (a function or class) holds every snippet, in that order."""
+    import inspect
+
+    source = inspect.getsource(owner)
+    positions = [source.find(snippet) for snippet in snippets]
+    return -1 not in positions and positions == sorted(positions)
+
+
+def _has_local_process_group_setter() -> bool:
+    from detectron2.utils import comm
+
+    return hasattr(comm, "create_local_process_group") or hasattr(comm, "_LOCAL_PROCESS_GROUP")
+
+
+def _fvcore_reads_files_through_load_file() -> bool:
+    from fvcore.common.checkpoint import Checkpointer
+
+    return hasattr(Checkpointer, "_load_file") and _source_contains(
+        Checkpointer.load, "self._load_file(")
+
+
+def _trainer_builds_hooks_after_checkpointer() -> bool:
+    from detectron2.engine import DefaultTrainer
+
+    return _source_contains(DefaultTrainer.__init__, "self.checkpointer =", "self.build_hooks()")
+
+
+def _numpy_pickle_names() -> bool:
+    try:  # numpy >= 2
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    return hasattr(multiarray, "_reconstruct") and hasattr(numeric, "_frombuffer")
+
+
+def _extension_module_name() -> bool:
+    import detectron2
+
+    return (importlib.util.find_spec("detectron2._C") is not None
+            or os.path.isdir(os.path.dirname(detectron2.__file__)))
+
+
+#: Every private name the project touches, in one place (docs/compat.md is its page; a test on
+#: each Detectron2 build checks each ``present``).
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
+    PrivateName(
+        "detectron2._C", "retinanet_ext.compat",
+        "Detectron2's compiled extension; where PyPI's v0.6 lacks it, the import-time bridge "
+        "stands in for it so that detectron2.modeling imports (RetinaNet uses no compiled op)",
+        _extension_module_name),
+    PrivateName(
+        "detectron2.utils.comm._LOCAL_PROCESS_GROUP", "retinanet_ext.compat (launch on CPU)",
+        "v0.6 has no setter for the per-machine process group (current Detectron2's public "
+        "comm.create_local_process_group is used where it exists)",
+        _has_local_process_group_setter),
+    PrivateName(
+        "fvcore.common.checkpoint.Checkpointer._load_file", "retinanet_ext.checkpoint",
+        "fvcore's documented override point for reading one checkpoint file ('Can be "
+        "overwritten by subclasses to support different formats'): the safe reader goes there",
+        _fvcore_reads_files_through_load_file),
+    PrivateName(
+        "detectron2.engine.DefaultTrainer.__init__ (sets checkpointer before build_hooks)",
+        "retinanet_ext.engine.trainer",
+        "Detectron2 has no build_checkpointer hook; the project's checkpointer replaces "
+        "Detectron2's in build_hooks, before PeriodicCheckpointer takes it",
+        _trainer_builds_hooks_after_checkpointer),
+    PrivateName(
+        "numpy._core.multiarray._reconstruct, numpy._core.numeric._frombuffer",
+        "retinanet_ext.checkpoint",
+        "the names numpy's own pickles reference: the safe .pkl reader allows exactly these",
+        _numpy_pickle_names),
+)
+
+
+def missing_private_names() -> list[str]:
+    """The entries of :data:`PRIVATE_NAMES` this installation lacks (empty when all hold)."""
+    return [entry.name for entry in PRIVATE_NAMES if not entry.present()]
 
 
 def find_free_port() -> int:
@@ -417,3 +570,10 @@ def launch(
         daemon=False,
         start_method="spawn",
     )
+
+
+if __name__ == "__main__":  # python retinanet_ext/compat.py --install-startup-hook [SITE_PACKAGES]
+    if len(sys.argv) not in (2, 3) or sys.argv[1] != "--install-startup-hook":
+        raise SystemExit("usage: python retinanet_ext/compat.py --install-startup-hook "
+                         "[SITE_PACKAGES]")
+    print(f"wrote {install_startup_hook(sys.argv[2] if len(sys.argv) == 3 else None)}")

@@ -13,10 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from retinanet_ext import compat
-
 import pytest
 import torch
+
+from retinanet_ext import compat
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -356,3 +356,109 @@ def test_import_leaves_torch_load_allow_list_alone() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "ADDED []" in result.stdout, result.stdout
+
+
+# -- no patching at import: the bridges come from the venv's start-up hook, not the package --
+
+SNAPSHOT = """
+import sys, types
+
+def snapshot():
+    modules = {name: module for name, module in sys.modules.items()
+               if name.split(".")[0] in ("detectron2", "fvcore", "PIL") and module is not None}
+    attributes = {name: {key: id(value) for key, value in vars(module).items()}
+                  for name, module in modules.items()}
+    return attributes, list(sys.meta_path), list(sys.path_hooks), list(sys.path)
+"""
+
+
+def test_import_changes_no_attribute_of_detectron2_fvcore_or_pillow() -> None:
+    result = run_python(SNAPSHOT + textwrap.dedent("""
+        import detectron2, detectron2.modeling, detectron2.engine, detectron2.data
+        import detectron2.checkpoint, detectron2.evaluation, detectron2.config
+        import fvcore.common.checkpoint, fvcore.nn
+        from PIL import Image
+        before, meta_path, path_hooks, path = snapshot()
+        import retinanet_ext
+        after, meta_path_after, path_hooks_after, path_after = snapshot()
+        replaced = [f"{name}.{key}" for name, values in before.items()
+                    for key, ident in values.items() if after[name].get(key, ident) != ident]
+        removed = [f"{name}.{key}" for name, values in before.items()
+                   for key in values if key not in after[name]]
+        added = [f"{name}.{key}" for name, values in before.items() for key, ident in
+                 after[name].items() if key not in values
+                 and not isinstance(sys.modules[name].__dict__[key], types.ModuleType)]
+        new_modules = [name for name in after if name not in before]
+        stand_ins = [name for name in new_modules
+                     if getattr(sys.modules[name], "__retinanet_ext_bridge__", False)
+                     or not getattr(sys.modules[name], "__file__", None)]
+        assert not replaced, f"replaced by import retinanet_ext: {replaced}"
+        assert not removed, f"removed by import retinanet_ext: {removed}"
+        assert not added, f"added by import retinanet_ext: {added}"
+        assert not stand_ins, f"stand-in modules: {stand_ins}"
+        assert meta_path_after == meta_path and path_hooks_after == path_hooks, "import hook"
+        assert path_after == path, "sys.path changed"
+        from detectron2.modeling import META_ARCH_REGISTRY
+        assert "RetinaNetExt" in META_ARCH_REGISTRY
+        print("UNCHANGED", len(before), "modules compared")
+        """))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "UNCHANGED" in result.stdout, result.stdout
+
+
+def test_detectron2_works_in_a_fresh_interpreter_without_retinanet_ext() -> None:
+    # Whatever a user's script imports first: the venv's start-up hook bridges Detectron2.
+    result = run_python("""
+        import sys
+        from detectron2.engine import DefaultTrainer
+        from detectron2.data import build_detection_train_loader
+        from detectron2 import model_zoo
+        model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+        assert "retinanet_ext" not in sys.modules, "the package was imported"
+        print("D2-OK")
+        """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "D2-OK" in result.stdout
+
+
+def test_venv_has_the_startup_hook_as_set_up_writes_it(tmp_path: Path) -> None:
+    import sysconfig
+
+    installed = Path(sysconfig.get_paths()["purelib"]) / compat.STARTUP_HOOK_NAME
+    assert installed.is_file(), f"./run writes {installed}"
+    written = compat.install_startup_hook(tmp_path)
+    assert installed.read_text() == written.read_text()
+    assert compat.bridges_installed()
+
+
+@requires_missing_extension
+def test_import_without_the_bridges_says_what_to_do() -> None:
+    # PyPI's v0.6 on today's packages cannot import without them: the error says how to fix it.
+    result = run_python("""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path
+                            if not getattr(f, "__retinanet_ext_bridge__", False)]
+        import retinanet_ext
+        """)
+    assert result.returncode != 0
+    assert "--install-startup-hook" in result.stderr, result.stderr[-2000:]
+
+
+def test_compat_is_one_module_object() -> None:
+    # The start-up hook executes compat.py as retinanet_ext.compat; the package reuses it.
+    import retinanet_ext
+
+    assert retinanet_ext.compat is sys.modules["retinanet_ext.compat"] is compat
+    assert compat.IMPORT_BRIDGES in sys.meta_path
+
+
+def test_every_private_name_the_project_touches_is_present() -> None:
+    # docs/compat.md lists them; a Detectron2, fvcore or numpy release that drops one fails here.
+    assert compat.PRIVATE_NAMES
+    assert compat.missing_private_names() == []
+
+
+def test_private_names_are_all_listed_in_the_docs() -> None:
+    page = (REPO_ROOT / "docs" / "compat.md").read_text()
+    for entry in compat.PRIVATE_NAMES:
+        assert f"`{entry.name}`" in page, f"docs/compat.md does not list {entry.name}"

@@ -1,4 +1,4 @@
-"""What ``import retinanet_ext`` loads: its components and bridges, not the demo's data code.
+"""What ``import retinanet_ext`` loads: its components, not the demo's data code.
 
 Detectron2 itself imports cv2 when it is imported (``detectron2.utils.env``'s
 ``_configure_libraries``) unless ``DETECTRON2_DISABLE_CV2=1``; with that set, nothing of

@@ -17,7 +17,8 @@ automatically (override with RETINANET_EXT_DETECTRON2_ROUTE):
   compile ``detectron2._C`` and so cannot be installed as is; this script builds a
   pure-Python wheel of it with the extension left out and installs that wheel, so
   the result is an ordinary distribution (``pip show``/``pip uninstall`` work).
-  ``retinanet_ext.compat`` bridges the missing extension at import time.
+  ``retinanet_ext.compat``'s bridges (a start-up hook ``./run`` writes into the venv) stand
+  in for the missing extension when it is imported (docs/compat.md).
 
 Usage: ``python tools/install_detectron2.py [--route auto|source|pypi] [--wheel PATH]
 [--force]``; ``--find-wheel DIR`` prints the first wheel in DIR whose tags fit this
