@@ -35,7 +35,7 @@ import pickle
 import re
 import secrets
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 from urllib.parse import parse_qs, urlparse
 
@@ -44,15 +44,18 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = [
+    "EMA_CHECKPOINT_KEY",
     "CheckpointError",
     "DamagedCheckpointError",
     "RetinaNetExtCheckpointer",
     "UnsafeCheckpointError",
     "atomic_write",
+    "ema_model_weights",
     "load_weights",
     "read_checkpoint",
     "safe_pickle_load",
     "safe_torch_load",
+    "use_ema_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -391,8 +394,8 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
     Args:
         model, save_dir, save_to_disk, checkpointables: as Detectron2's.
         max_to_keep: periodic checkpoints to keep; 0 keeps all.
-        prefer_ema: read a checkpoint's EMA of the weights (``RETINANET_EXT.EMA``) in place
-            of its trained weights, for evaluating and predicting; never for resuming.
+        prefer_ema: read a checkpoint's EMA of the weights (``MODEL.RETINANET_EXT.EMA``) in
+            place of its trained weights, for evaluating and predicting; never for resuming.
     """
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *,
@@ -441,8 +444,6 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
         else:
             checkpoint = read_checkpoint(filename)
         if self.prefer_ema:
-            from retinanet_ext.engine.ema import use_ema_weights
-
             checkpoint = use_ema_weights(checkpoint, filename)
         if self._matching_heuristics:
             checkpoint["matching_heuristics"] = True
@@ -565,7 +566,7 @@ class RetinaNetExtCheckpointer(DetectionCheckpointer):
 
 def load_weights(model: torch.nn.Module, weights: str) -> dict[str, Any]:
     """Load the checkpoint ``weights`` (a path or URL) into ``model``, safely; a checkpoint
-    with an EMA of the weights (``RETINANET_EXT.EMA.ENABLED``) gives its EMA weights.
+    with an EMA of the weights (``MODEL.RETINANET_EXT.EMA.ENABLED``) gives its EMA weights.
 
     Returns:
         The checkpoint's other entries (e.g. ``"iteration"``, ``"retinanet_ext_metadata"``,
@@ -586,3 +587,36 @@ def load_weights(model: torch.nn.Module, weights: str) -> dict[str, Any]:
     except Exception as error:  # fvcore/Detectron2 while matching and loading the weights
         raise CheckpointError(
             f"checkpoint {weights} could not be loaded: {_describe(error)}") from error
+
+
+# -- the EMA entry (retinanet_ext.engine.ema writes it) ---------------------------------
+
+#: Entry of the EMA in checkpoints written by the project's Trainer.
+EMA_CHECKPOINT_KEY = "ema"
+#: Prefix of the averaged model's weights in that entry (``AveragedModel.state_dict()``).
+_MODULE_PREFIX = "module."
+
+
+def ema_model_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The EMA weights of a checkpoint written with ``MODEL.RETINANET_EXT.EMA.ENABLED``, as a
+    model state dict (the ``"module."`` prefix removed), or None if it has none."""
+    entry = checkpoint.get(EMA_CHECKPOINT_KEY)
+    if not isinstance(entry, Mapping):
+        return None
+    weights = {key[len(_MODULE_PREFIX):]: value for key, value in entry.items()
+               if isinstance(key, str) and key.startswith(_MODULE_PREFIX)}
+    return weights or None
+
+
+def use_ema_weights(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """``checkpoint`` with its EMA weights as the ``"model"`` entry, if it has them (one log
+    line says so); otherwise ``checkpoint`` unchanged. For loaders that evaluate or predict
+    (``load_weights``), never for ``--resume``."""
+    weights = ema_model_weights(checkpoint)
+    if weights is None:
+        return checkpoint
+    updates = checkpoint[EMA_CHECKPOINT_KEY].get("n_averaged")
+    logger.info("Checkpoint %s: using its EMA of the weights (entry '%s', %s updates), not "
+                "the trained weights", path, EMA_CHECKPOINT_KEY,
+                "?" if updates is None else int(updates))
+    return {**checkpoint, "model": weights}

@@ -22,13 +22,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from retinanet_ext.engine import load_config, load_weights, resolve_device
-from retinanet_ext.engine.metadata import ModelMetadata, resolve_metadata
-from retinanet_ext.export.runtime import Detections, ImageReadError, load_image_rgb
-
 import numpy as np
 import torch
 from detectron2.config import CfgNode
+
+from retinanet_ext.engine import load_config, load_weights, resolve_device
+from retinanet_ext.engine.metadata import ModelMetadata, resolve_metadata
+from retinanet_ext.structures import Detections, ImageReadError, load_image_rgb
 
 __all__ = ["Detections", "ImageReadError", "Predictor"]
 

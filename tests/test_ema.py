@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
+import pytest
+import torch
+from detectron2.engine import HookBase, hooks
+from torch import nn
+
+import retinanet_ext  # noqa: F401  (registers the components)
 from retinanet_ext.checkpoint import CheckpointError, load_weights, read_checkpoint
 from retinanet_ext.engine import ConfigError, Trainer
 from retinanet_ext.engine.ema import (
@@ -18,12 +23,6 @@ from retinanet_ext.engine.ema import (
     ema_model_weights,
     use_ema_weights,
 )
-
-import pytest
-import torch
-from detectron2.engine import HookBase, hooks
-from torch import nn
-
 from tests._tiny_training import register_synthetic, synthetic_dataset, tiny_cfg
 
 
@@ -111,8 +110,8 @@ def test_config_errors_name_the_key(tmp_path: Path, new_name) -> None:
     train, val = new_name("train"), new_name("val")
     register_synthetic(info, train, val)
     for key, value in (("DECAY", "1.0"), ("WARMUP_ITERS", "-5")):
-        cfg = tiny_cfg(tmp_path / "out", train, val, f"RETINANET_EXT.EMA.{key}", value)
-        with pytest.raises(ConfigError, match=f"RETINANET_EXT.EMA.{key}"):
+        cfg = tiny_cfg(tmp_path / "out", train, val, f"MODEL.RETINANET_EXT.EMA.{key}", value)
+        with pytest.raises(ConfigError, match=f"MODEL.RETINANET_EXT.EMA.{key}"):
             build_model_ema(cfg, _linear(0.0))
 
 
@@ -164,7 +163,7 @@ def _run(cfg, resume: bool, monkeypatch) -> tuple[Trainer, _RecordWeights, list[
 
     def recording_test(cls, cfg, model, evaluators=None):
         evaluated.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {}
+        return {"bbox": {"AP": float(len(evaluated))}}
 
     monkeypatch.setattr(Trainer, "test", classmethod(recording_test))
     trainer = Trainer(cfg)
@@ -183,8 +182,8 @@ def test_trainer_evaluates_checkpoints_and_resumes_the_ema(tmp_path: Path, new_n
     register_synthetic(info, train, val)
     out = tmp_path / "out"
     opts = ["SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2",
-            "RETINANET_EXT.EMA.ENABLED", "True", "RETINANET_EXT.EMA.DECAY", "0.5",
-            "RETINANET_EXT.EMA.WARMUP_ITERS", "0"]
+            "MODEL.RETINANET_EXT.EMA.ENABLED", "True", "MODEL.RETINANET_EXT.EMA.DECAY", "0.5",
+            "MODEL.RETINANET_EXT.EMA.WARMUP_ITERS", "0"]
     trainer, recorder, evaluated = _run(
         tiny_cfg(out, train, val, "SOLVER.MAX_ITER", "3", *opts), False, monkeypatch)
 
@@ -198,6 +197,7 @@ def test_trainer_evaluates_checkpoints_and_resumes_the_ema(tmp_path: Path, new_n
     ema_2 = _expected_ema(recorder.states[:2], 0.5)
     ema_3 = _expected_ema(recorder.states[:3], 0.5)
     assert len(evaluated) == 2
+    assert trainer.ema_eval_results == {"bbox": {"AP": 2.0}}  # the last EMA evaluation's
     _assert_state_close(evaluated[0], ema_2)
     _assert_state_close(evaluated[1], ema_3)
     weight = "head.cls_score.weight"

@@ -4,25 +4,24 @@ metadata inside the file, a runtime without torch, and a verification that can f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import onnxruntime  # noqa: F401  (requirements/test.txt installs it: missing is a failure)
+import pytest
 
 from retinanet_ext import Predictor
 from retinanet_ext.export import ExportedModel, export_model, verify_export
 from retinanet_ext.export.runtime import METADATA_KEY, Detections
 from retinanet_ext.export.verify import compare_detections, sample_images
-
-import numpy as np
-import pytest
-
 from tests._predict_helpers import CLASSES, QUICK_CONFIG, TINY_OPTS, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Export traces at 160x214 (the config's test size); these give other network inputs.
 UNSEEN_SIZES = [(333, 517), (600, 401), (97, 300)]
-
-pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements/test.txt")
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +81,15 @@ def test_runs_without_torch(predictor, exported, tmp_path: Path) -> None:
     image = sample_images([(300, 450)], seed=8)[0]
     reference = predictor(image, rgb=True)
     np.save(tmp_path / "image.npy", image)
-    runtime = REPO_ROOT / "retinanet_ext" / "export" / "runtime.py"
+    deployment = tmp_path / "deployment"  # the two files docs/use.md says to copy
+    deployment.mkdir()
+    for name in ("export/runtime.py", "structures.py"):
+        shutil.copy(REPO_ROOT / "retinanet_ext" / name, deployment)
     script = (
-        "import importlib.util, json, sys\n"
+        "import json, sys\n"
         "for name in ('torch', 'detectron2', 'retinanet_ext'): sys.modules[name] = None\n"
-        f"spec = importlib.util.spec_from_file_location('runtime', {str(runtime)!r})\n"
-        "runtime = sys.modules['runtime'] = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(runtime)\n"
+        f"sys.path.insert(0, {str(deployment)!r})\n"
+        "import runtime\n"
         "import numpy as np\n"
         f"image = np.load({str(tmp_path / 'image.npy')!r})\n"
         f"dets = runtime.ExportedModel({exported['onnx']!r})(image, rgb=True)\n"

@@ -10,7 +10,7 @@ of updates ``t`` (YOLOv5's and timm's ramp)::
 
 so the first updates take almost all of the new weights and the random initialisation leaves
 the average at once (with a constant 0.9998 it would still be 92 % of the EMA after 400
-iterations). Config: ``RETINANET_EXT.EMA.{ENABLED, DECAY, WARMUP_ITERS}``.
+iterations). Config: ``MODEL.RETINANET_EXT.EMA.{ENABLED, DECAY, WARMUP_ITERS}``.
 
 With it on, the project's :class:`~retinanet_ext.engine.Trainer` (see :func:`add_ema_hooks`):
 
@@ -31,14 +31,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from retinanet_ext.checkpoint import CheckpointError
-from retinanet_ext.engine.config_checks import ConfigError
-
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase, hooks
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from retinanet_ext.checkpoint import (  # the checkpoint format's EMA entry lives there
+    EMA_CHECKPOINT_KEY,
+    CheckpointError,
+    ema_model_weights,
+    use_ema_weights,
+)
+from retinanet_ext.engine.config_checks import ConfigError
 
 __all__ = [
     "EMA_CHECKPOINT_KEY",
@@ -53,10 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Entry of the EMA in checkpoints written by the project's Trainer.
-EMA_CHECKPOINT_KEY = "ema"
-#: Prefix of the averaged model's weights in that entry (``AveragedModel.state_dict()``).
-_MODULE_PREFIX = "module."
 
 
 def ema_decay(decay: float, num_updates: int, warmup_iters: float) -> float:
@@ -146,17 +147,17 @@ class ModelEMA:
 
 
 def build_model_ema(cfg: CfgNode, model: nn.Module) -> ModelEMA:
-    """:class:`ModelEMA` of ``model`` from ``RETINANET_EXT.EMA.{DECAY, WARMUP_ITERS}``.
+    """:class:`ModelEMA` of ``model`` from ``MODEL.RETINANET_EXT.EMA.{DECAY, WARMUP_ITERS}``.
 
     Raises:
         ConfigError: a value out of range, naming its key.
     """
-    node = cfg.RETINANET_EXT.EMA
+    node = cfg.MODEL.RETINANET_EXT.EMA
     if not 0.0 <= node.DECAY < 1.0:
-        raise ConfigError(f"RETINANET_EXT.EMA.DECAY must be in [0, 1), found {node.DECAY!r}")
+        raise ConfigError(f"MODEL.RETINANET_EXT.EMA.DECAY must be in [0, 1), found {node.DECAY!r}")
     if node.WARMUP_ITERS < 0:
         raise ConfigError(
-            f"RETINANET_EXT.EMA.WARMUP_ITERS must be >= 0, found {node.WARMUP_ITERS!r}")
+            f"MODEL.RETINANET_EXT.EMA.WARMUP_ITERS must be >= 0, found {node.WARMUP_ITERS!r}")
     return ModelEMA(model, node.DECAY, node.WARMUP_ITERS)
 
 
@@ -197,8 +198,7 @@ def add_ema_hooks(trainer: Any, hook_list: list) -> list:
 
     def evaluate_ema() -> Any:
         results = trainer.test(cfg, ema.module)
-        # What DefaultTrainer's own evaluation function records, and its train() returns.
-        trainer._last_eval_results = results
+        trainer.ema_eval_results = results  # what Trainer.train checks and returns
         return results
 
     ema_hook = EMAHook(ema, model)
@@ -212,28 +212,3 @@ def add_ema_hooks(trainer: Any, hook_list: list) -> list:
     if ema_hook not in result:
         result.append(ema_hook)
     return result
-
-
-def ema_model_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The EMA weights of a checkpoint written with ``RETINANET_EXT.EMA.ENABLED``, as a
-    model state dict (the ``"module."`` prefix removed), or None if it has none."""
-    entry = checkpoint.get(EMA_CHECKPOINT_KEY)
-    if not isinstance(entry, Mapping):
-        return None
-    weights = {key[len(_MODULE_PREFIX):]: value for key, value in entry.items()
-               if isinstance(key, str) and key.startswith(_MODULE_PREFIX)}
-    return weights or None
-
-
-def use_ema_weights(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
-    """``checkpoint`` with its EMA weights as the ``"model"`` entry, if it has them (one log
-    line says so); otherwise ``checkpoint`` unchanged. For loaders that evaluate or predict
-    (``load_weights``), never for ``--resume``."""
-    weights = ema_model_weights(checkpoint)
-    if weights is None:
-        return checkpoint
-    updates = checkpoint[EMA_CHECKPOINT_KEY].get("n_averaged")
-    logger.info("Checkpoint %s: using its EMA of the weights (entry '%s', %s updates), not "
-                "the trained weights", path, EMA_CHECKPOINT_KEY,
-                "?" if updates is None else int(updates))
-    return {**checkpoint, "model": weights}
