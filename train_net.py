@@ -18,7 +18,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import retinanet_ext  # noqa: F401  (applies the Detectron2 bridges, registers components)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import retinanet_ext  # noqa: F401  (registers the components)
 from retinanet_ext import compat
 from retinanet_ext.analysis import resolve_anchors_from_data, warn_if_poor_anchor_coverage
 from retinanet_ext.data import (
@@ -42,13 +49,6 @@ from retinanet_ext.engine import (
     load_weights,
     resolve_device,
 )
-
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 logger = logging.getLogger("retinanet_ext")
 
@@ -178,6 +178,9 @@ def run_demo(args) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    # The Detectron2 bridges, for modules imported from here on (the venv's start-up hook
+    # has installed them already; elsewhere this entry point does: docs/compat.md).
+    compat.apply()
     args = build_parser().parse_args(argv)
     try:
         check_flags(args)

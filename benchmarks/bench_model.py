@@ -40,15 +40,15 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import retinanet_ext  # noqa: E402  (compat bridges and registration first)
-from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
-
 from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+
+import retinanet_ext  # noqa: E402  (registers the components)
+from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
 
 #: --variants tokens -> our config keys (MODEL.RETINANET_EXT.*); joined with "+".
 VARIANT_KEYS = {
@@ -239,10 +239,9 @@ def network_step(model: torch.nn.Module, inputs: list[dict], part: str
                  ) -> Callable[[], object]:
     """Inference of the backbone alone, or of the head alone on precomputed features, in the
     model's precision and memory layout (ours) or float32 (Detectron2's)."""
-    from retinanet_ext.modeling.precision import autocast_dtype, network_autocast
+    from retinanet_ext.modeling.precision import network_autocast
 
-    precision = getattr(model, "precision", "float32")
-    dtype = autocast_dtype(precision, "cpu")
+    dtype = getattr(model, "network_dtype", torch.float32)  # as the model resolved it
     with torch.no_grad():
         images = model.preprocess_image(inputs)
         with network_autocast(dtype, "cpu"):

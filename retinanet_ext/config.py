@@ -22,17 +22,29 @@ Reused as they are (see ``detectron2/config/defaults.py``):
 The defaults below make a config that only switches ``META_ARCHITECTURE``,
 ``BACKBONE.NAME`` and ``ANCHOR_GENERATOR.NAME`` to ours (:func:`use_retinanet_ext_components`)
 behave exactly like Detectron2's ``RetinaNet``.
+
+Every key the project writes to a config is defined here, so a config that one of its tools
+saved (``OUTPUT_DIR/config.yaml`` of ``train_net.py``, of ``--demo``, of a sweep's runs)
+loads in every other. Keys that moved keep loading under their old names
+(:data:`RENAMED_KEYS`, read by :func:`retinanet_ext.engine.load_config`), with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils.logger import log_first_n
 
 __all__ = [
     "DETECTRON2_RETINANET_COMPONENTS",
+    "RENAMED_KEYS",
     "RETINANET_EXT_COMPONENTS",
     "add_retinanet_ext_config",
     "get_retinanet_ext_cfg",
+    "rename_deprecated_keys",
+    "rename_deprecated_overrides",
     "use_detectron2_retinanet",
     "use_retinanet_ext_components",
 ]
@@ -50,9 +62,24 @@ DETECTRON2_RETINANET_COMPONENTS = {
     "MODEL.ANCHOR_GENERATOR.NAME": "DefaultAnchorGenerator",
 }
 
+#: Keys that moved, old name -> new name. The engine keys had a top-level ``RETINANET_EXT``
+#: node of their own beside ``MODEL.RETINANET_EXT``; now the project has one node.
+RENAMED_KEYS = {
+    "RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP": "MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP",
+    "RETINANET_EXT.NUM_THREADS": "MODEL.RETINANET_EXT.NUM_THREADS",
+    "RETINANET_EXT.EMA.ENABLED": "MODEL.RETINANET_EXT.EMA.ENABLED",
+    "RETINANET_EXT.EMA.DECAY": "MODEL.RETINANET_EXT.EMA.DECAY",
+    "RETINANET_EXT.EMA.WARMUP_ITERS": "MODEL.RETINANET_EXT.EMA.WARMUP_ITERS",
+}
+
 
 def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
-    """Add retinanet_ext's keys, with their defaults, to ``cfg`` (in place); returns it."""
+    """Add retinanet_ext's keys, with their defaults, to ``cfg`` (in place); returns it.
+
+    All of them sit in one node, ``MODEL.RETINANET_EXT``, the engine's keys too: it held all
+    but five of them, and every shipped and saved config names it, so moving those five
+    broke least. ``DEMO.*`` (:func:`_add_demo_config`) is the demo's data set, not a setting.
+    """
     cfg.MODEL.RETINANET_EXT = CfgNode()
     ext = cfg.MODEL.RETINANET_EXT
 
@@ -132,36 +159,143 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     # lists the three scales per level itself).
     ext.ANCHOR_SCALES_PER_OCTAVE = 1
 
-    # Engine keys (not the model's): training, checkpoints.
-    cfg.RETINANET_EXT = CfgNode()
+    # Training and run-time keys (the engine's, not the model's): checkpoints, threads, EMA.
     # Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, the newest ones; 0 keeps
     # all. model_final.pth and the one last_checkpoint names are never removed.
-    cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP = 0
+    ext.CHECKPOINT_MAX_TO_KEEP = 0
     # CPU threads of the model (torch.set_num_threads) in train_net.py (training, evaluation,
     # the demo) and retinanet-ext predict; a Predictor in your own program leaves your
     # setting alone. 0: OMP_NUM_THREADS if set, else the CPUs this process may run on
     # (affinity and cgroup quota; PyTorch's own default counts the host's cores, too many in
     # a CPU-limited container).
-    cfg.RETINANET_EXT.NUM_THREADS = 0
+    ext.NUM_THREADS = 0
 
     # Exponential moving average of the weights, evaluated instead of them during and after
     # training and saved in checkpoints as "ema" (retinanet_ext/engine/ema.py). Off: the
     # paper evaluates the trained weights.
-    cfg.RETINANET_EXT.EMA = CfgNode()
-    cfg.RETINANET_EXT.EMA.ENABLED = False
+    ext.EMA = CfgNode()
+    ext.EMA.ENABLED = False
     # EMA_t = d_t * EMA_(t-1) + (1 - d_t) * weights_t, d_t = DECAY * (1 - exp(-t / WARMUP_ITERS))
     # (YOLOv5's and timm's values). The ramp keeps the random initialisation out of the
     # average in short runs (a constant 0.9998 leaves it 92 % of the EMA after 400
     # iterations); the average spans about 1 / (1 - d_t) steps, so for a run of a few hundred
     # iterations lower both (e.g. DECAY 0.99, WARMUP_ITERS 100). WARMUP_ITERS 0: constant DECAY.
-    cfg.RETINANET_EXT.EMA.DECAY = 0.9998
-    cfg.RETINANET_EXT.EMA.WARMUP_ITERS = 2000
+    ext.EMA.DECAY = 0.9998
+    ext.EMA.WARMUP_ITERS = 2000
+
+    _add_demo_config(cfg)
+    # load_config reads the old names; a merge of one's own gets yacs' "Key ... was renamed
+    # to ..." error instead of "Non-existent config key" (a file's old node, an override's key).
+    for old_name, new_name in {"RETINANET_EXT": "MODEL.RETINANET_EXT", **RENAMED_KEYS}.items():
+        if not cfg.key_is_renamed(old_name):
+            cfg.register_renamed_key(old_name, new_name)
     return cfg
+
+
+def _add_demo_config(cfg: CfgNode) -> None:
+    """``DEMO.*``: the synthetic data set of ``train_net.py --demo`` (retinanet_ext/demo.py)
+    and its drawings. A node of its own, as ``DATASETS`` is: it describes data, not the
+    detector; here so that the config the demo saves loads in every tool."""
+    cfg.DEMO = CfgNode()
+    # Where the data set goes; "" = <OUTPUT_DIR>/synthetic_data.
+    cfg.DEMO.DATA_DIR = ""
+    # Images in the training and held-out splits.
+    cfg.DEMO.NUM_TRAIN = 800
+    cfg.DEMO.NUM_VAL = 200
+    # Generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it.
+    cfg.DEMO.IMAGE_SIZE = 128
+    # Seed of the generator (the data set is a function of these keys).
+    cfg.DEMO.DATA_SEED = 0
+    # Objects tried per image, [min, max] inclusive; their size in px, [min, max] (log-uniform).
+    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
+    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
+    # Probability of each class (retinanet_ext.data.synthetic.CLASS_FREQUENCIES, written out:
+    # importing it would import the generator and cv2 with the package).
+    cfg.DEMO.CLASS_FREQUENCIES = [0.55, 0.20, 0.12, 0.08, 0.05]
+    # Multiplier of the background clutter; standard deviation of the pixel noise.
+    cfg.DEMO.CLUTTER = 1.0
+    cfg.DEMO.NOISE = 8.0
+    # Probability that an object has one of its class's own colours (else any colour).
+    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
+    # Held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/.
+    cfg.DEMO.NUM_VIS_IMAGES = 4
+    cfg.DEMO.VIS_SCORE_THRESH = 0.4
 
 
 def get_retinanet_ext_cfg() -> CfgNode:
     """Detectron2's default config plus retinanet_ext's keys."""
     return add_retinanet_ext_config(get_cfg())
+
+
+def rename_deprecated_keys(loaded: dict[str, Any], where: str) -> dict[str, Any]:
+    """``loaded`` (one YAML config as nested dicts) with the old names of :data:`RENAMED_KEYS`
+    moved to the new ones, overriding them; one warning names the pairs."""
+    if not isinstance(loaded, dict):  # not a mapping: Detectron2's merge says so
+        return loaded
+    renamed = _nested_copy(loaded)
+    moved = []
+    for old_name, new_name in RENAMED_KEYS.items():
+        *old_parents, old_leaf = old_name.split(".")
+        parent = _find(renamed, old_parents)
+        if parent is None or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        *new_parents, new_leaf = new_name.split(".")
+        node = renamed
+        for name in new_parents:
+            node = node.setdefault(name, {})
+        node[new_leaf] = value
+        moved.append((old_name, new_name))
+    for old_node in {name.split(".")[0] for name in RENAMED_KEYS}:
+        if isinstance(renamed.get(old_node), dict):
+            _prune_empty(renamed[old_node])
+            if not renamed[old_node]:
+                del renamed[old_node]
+    _warn_renamed(moved, where)
+    return renamed
+
+
+def rename_deprecated_overrides(opts: list[str], where: str) -> list[str]:
+    """``KEY VALUE`` overrides with the old names of :data:`RENAMED_KEYS` replaced by the new
+    ones; one warning names the pairs."""
+    renamed = list(opts)
+    moved = []
+    for index in range(0, len(renamed) - 1, 2):
+        new_name = RENAMED_KEYS.get(renamed[index])
+        if new_name is not None:
+            moved.append((renamed[index], new_name))
+            renamed[index] = new_name
+    _warn_renamed(moved, where)
+    return renamed
+
+
+def _warn_renamed(moved: list[tuple[str, str]], where: str) -> None:
+    if moved:  # once per message: a sweep loads its config many times
+        pairs = ", ".join(f"{old} -> {new}" for old, new in moved)
+        log_first_n(logging.WARNING, f"{where} uses renamed config keys, read under their new "
+                    f"names: {pairs}. Use the new names: the old ones are deprecated.",
+                    n=1, name=__name__, key="message")
+
+
+def _nested_copy(node: dict[str, Any]) -> dict[str, Any]:
+    return {key: _nested_copy(value) if isinstance(value, dict) else value
+            for key, value in node.items()}
+
+
+def _find(node: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    for name in path:
+        node = node.get(name)
+        if not isinstance(node, dict):
+            return None
+    return node
+
+
+def _prune_empty(node: dict[str, Any]) -> None:
+    """Remove the dicts under ``node`` left empty once their keys moved out."""
+    for key in [key for key, value in node.items() if isinstance(value, dict)]:
+        _prune_empty(node[key])
+        if not node[key]:
+            del node[key]
 
 
 def use_retinanet_ext_components(cfg: CfgNode) -> CfgNode:

@@ -24,16 +24,15 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import retinanet_ext  # noqa: F401  (compatibility bridges before any detectron2 submodule)
-from retinanet_ext.data import synthetic
-from retinanet_ext.engine import Trainer, configure_cpu_threads, load_config
-
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import hooks
 
-__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "add_demo_config", "prepare_data", "run_demo",
-           "setup_demo_cfg"]
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.data import synthetic
+from retinanet_ext.engine import Trainer, configure_cpu_threads, load_config
+
+__all__ = ["DEFAULT_CONFIG_FILE", "DemoTrainer", "prepare_data", "run_demo", "setup_demo_cfg"]
 
 logger = logging.getLogger("retinanet_ext.demo")
 
@@ -45,34 +44,12 @@ DEFAULT_CONFIG_FILE = os.path.join(
 )
 
 
-def add_demo_config(cfg: CfgNode) -> CfgNode:
-    """Add the demo's ``DEMO.*`` keys (its synthetic data set and drawing) to ``cfg``."""
-    cfg.DEMO = CfgNode()
-    # where the data set goes; "" = <OUTPUT_DIR>/synthetic_data
-    cfg.DEMO.DATA_DIR = ""
-    cfg.DEMO.NUM_TRAIN = 800
-    cfg.DEMO.NUM_VAL = 200
-    # generated images are IMAGE_SIZE x IMAGE_SIZE; keep INPUT.*_SIZE_* equal to it
-    cfg.DEMO.IMAGE_SIZE = 128
-    cfg.DEMO.DATA_SEED = 0
-    cfg.DEMO.OBJECTS_PER_IMAGE = [6, 14]
-    cfg.DEMO.OBJECT_SIZE = [10.0, 40.0]
-    cfg.DEMO.CLASS_FREQUENCIES = list(synthetic.CLASS_FREQUENCIES)
-    cfg.DEMO.CLUTTER = 1.0
-    cfg.DEMO.NOISE = 8.0
-    # probability that an object has one of its class's own colours (else any colour)
-    cfg.DEMO.CLASS_COLOUR_PROB = 0.75
-    # held-out images drawn with their predictions into <OUTPUT_DIR>/predictions/
-    cfg.DEMO.NUM_VIS_IMAGES = 4
-    cfg.DEMO.VIS_SCORE_THRESH = 0.4
-    return cfg
-
-
 def setup_demo_cfg(
     output_dir: str, config_file: str | None = None, opts: list[str] | None = None
 ) -> CfgNode:
-    """The demo's frozen config: retinanet_ext's defaults + ``DEMO.*`` + file + ``opts``."""
-    cfg = load_config(config_file or DEFAULT_CONFIG_FILE, list(opts or []), add_demo_config)
+    """The demo's frozen config: retinanet_ext's defaults (``DEMO.*`` included, see
+    :mod:`retinanet_ext.config`) + file + ``opts``."""
+    cfg = load_config(config_file or DEFAULT_CONFIG_FILE, list(opts or []))
     cfg.OUTPUT_DIR = output_dir
     if not cfg.DEMO.DATA_DIR:
         cfg.DEMO.DATA_DIR = os.path.join(output_dir, "synthetic_data")
@@ -118,11 +95,11 @@ def _draw_predictions(cfg: CfgNode, model, dataset_name: str, out_dir: str) -> l
     """Predict the first ``DEMO.NUM_VIS_IMAGES`` images of ``dataset_name`` with
     ``retinanet_ext.Predictor`` (scores above ``DEMO.VIS_SCORE_THRESH``) and draw them with
     :func:`retinanet_ext.visualization.draw_boxes`: what ``retinanet-ext predict`` does."""
-    from retinanet_ext.predictor import Predictor
-    from retinanet_ext.visualization import draw_boxes
-
     from detectron2.data import DatasetCatalog
     from PIL import Image
+
+    from retinanet_ext.predictor import Predictor
+    from retinanet_ext.visualization import draw_boxes
 
     os.makedirs(out_dir, exist_ok=True)
     files = [r["file_name"] for r in DatasetCatalog.get(dataset_name)[: cfg.DEMO.NUM_VIS_IMAGES]]

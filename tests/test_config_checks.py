@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.engine import ConfigError, Trainer, check_config, load_config
-
 import pytest
+
+from retinanet_ext.engine import ConfigError, Trainer, check_config, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_CONFIG = str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml")
@@ -43,7 +43,9 @@ BAD_VALUES = [
     ("SOLVER.IMS_PER_BATCH", "0", r"SOLVER.IMS_PER_BATCH must be in \[1, inf\]"),
     ("SOLVER.CHECKPOINT_PERIOD", "0", r"SOLVER.CHECKPOINT_PERIOD must be in \[1, inf\]"),
     ("TEST.DETECTIONS_PER_IMAGE", "0", r"TEST.DETECTIONS_PER_IMAGE must be in \[1, inf\]"),
-    ("RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", "-1", r"CHECKPOINT_MAX_TO_KEEP must be in \[0, inf\]"),
+    ("MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", "-1",
+     r"CHECKPOINT_MAX_TO_KEEP must be in \[0, inf\]"),
+    ("MODEL.RETINANET_EXT.NUM_THREADS", "-2", r"NUM_THREADS must be in \[0, inf\]"),
     # wrong types: yacs refuses a type other than the default's, naming the key
     ("MODEL.RETINANET.NUM_CLASSES", "three", r"MODEL.RETINANET.NUM_CLASSES"),
     ("MODEL.RETINANET.PRIOR_PROB", "'0.01'", r"MODEL.RETINANET.PRIOR_PROB"),
@@ -59,13 +61,11 @@ def test_each_bad_value_is_one_error_naming_the_key(key: str, value: str, messag
 
 
 def test_the_shipped_configs_pass() -> None:
-    from retinanet_ext.demo import add_demo_config
-
     configs = sorted((REPO_ROOT / "configs").glob("*.yaml"))
     configs += sorted((REPO_ROOT / "configs" / "recipes").glob("*.yaml"))
     assert len(configs) >= 4
     for config in configs:
-        check_config(load_config(str(config), add_keys=add_demo_config))
+        check_config(load_config(str(config)))
 
 
 def test_values_set_after_loading_are_checked_by_the_trainer() -> None:
@@ -73,6 +73,30 @@ def test_values_set_after_loading_are_checked_by_the_trainer() -> None:
     cfg.MODEL.RETINANET.PRIOR_PROB = 2.0
     with pytest.raises(ConfigError, match="PRIOR_PROB"):
         Trainer(cfg)  # before the model, data loader or output folder is built
+
+
+def test_a_training_start_checks_the_config_once(tmp_path: Path, new_name,
+                                                 monkeypatch) -> None:
+    # load_config checks; the Trainer built from that config does not check it again.
+    from _tiny_training import register_synthetic, synthetic_dataset, tiny_cfg
+
+    from retinanet_ext.engine import config_checks
+
+    train, val = new_name("train"), new_name("val")
+    register_synthetic(synthetic_dataset(tmp_path / "data"), train, val)
+    checks = []
+    solver_check = config_checks._check_solver
+    monkeypatch.setattr(config_checks, "_check_solver",
+                        lambda cfg: checks.append(1) or solver_check(cfg))
+    cfg = tiny_cfg(tmp_path / "out", train, val, "SOLVER.MAX_ITER", "1")
+    cfg.freeze()
+    Trainer(cfg)
+    assert len(checks) == 1
+    changed = cfg.clone()
+    changed.defrost()
+    changed.SOLVER.MAX_ITER = 2
+    Trainer(changed)  # changed since: checked again
+    assert len(checks) == 2
 
 
 @pytest.mark.parametrize("rcnn_key,value,retinanet_key", [

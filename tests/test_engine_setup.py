@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.demo import add_demo_config
+import pytest
+import yaml
+
 from retinanet_ext.engine import (
     ConfigError,
     MissingDatasetError,
@@ -14,9 +16,6 @@ from retinanet_ext.engine import (
     load_config,
     resolve_device,
 )
-
-import pytest
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted(
@@ -27,9 +26,7 @@ CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted(
 def test_every_config_is_safe_yaml_and_loads(config: Path) -> None:
     with open(config) as f:
         yaml.safe_load(f)  # raises on !!python tags
-    # The demo's config carries the demo's own keys (DEMO.*), added by the demo.
-    add_keys = add_demo_config if config.name == "retinanet_demo_synthetic.yaml" else None
-    cfg = load_config(str(config), add_keys=add_keys)
+    cfg = load_config(str(config))  # the demo's DEMO.* keys included
     if config.name.startswith(("retinanet_R", "Base-")) or config.parent.name == "recipes":
         assert cfg.MODEL.META_ARCHITECTURE == "RetinaNetExt"
         assert cfg.MODEL.ANCHOR_GENERATOR.NAME == "RetinaNetExtAnchorGenerator"
@@ -118,3 +115,86 @@ def test_train_net_fails_at_start_without_writing(tmp_path: Path) -> None:
     assert "DETECTRON2_DATASETS" in result.stderr
     assert "Traceback" not in result.stderr
     assert not output_dir.exists()
+
+
+# Renamed keys (retinanet_ext.config.RENAMED_KEYS): old names still load, with one warning.
+
+OLD_EMA_CONFIG = REPO_ROOT / "benchmarks" / "results" / "recipe_ablation" / "runs" / \
+    "+EMA__134fd2" / "seed0" / "config.yaml"
+
+
+def _renamed_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "renamed config keys" in r.getMessage()]
+
+
+def test_a_saved_config_with_the_old_engine_node_loads(caplog) -> None:
+    # Written by train_net.py before the top-level RETINANET_EXT node moved under MODEL.
+    assert "\nRETINANET_EXT:\n" in OLD_EMA_CONFIG.read_text()
+    with caplog.at_level("WARNING"):
+        cfg = load_config(str(OLD_EMA_CONFIG))
+    ema = cfg.MODEL.RETINANET_EXT.EMA
+    assert (ema.ENABLED, ema.DECAY, ema.WARMUP_ITERS) == (True, 0.99, 100)
+    assert "RETINANET_EXT" not in cfg
+    [message] = _renamed_warnings(caplog)
+    assert "RETINANET_EXT.EMA.DECAY -> MODEL.RETINANET_EXT.EMA.DECAY" in message
+    assert "RETINANET_EXT.NUM_THREADS -> MODEL.RETINANET_EXT.NUM_THREADS" in message
+
+
+def test_old_names_in_overrides_load_with_one_warning(caplog) -> None:
+    with caplog.at_level("WARNING"):
+        cfg = load_config(None, ["RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", "3",
+                                 "RETINANET_EXT.EMA.ENABLED", "True"])
+    assert cfg.MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP == 3
+    assert cfg.MODEL.RETINANET_EXT.EMA.ENABLED is True
+    [message] = _renamed_warnings(caplog)
+    assert ("RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP -> MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP"
+            in message)
+    with pytest.raises(ConfigError, match="must be in"):  # checked under the new name
+        load_config(None, ["RETINANET_EXT.NUM_THREADS", "-1"])
+
+
+@pytest.mark.parametrize("base_key, child_key", [("old", "new"), ("new", "old")])
+def test_a_file_overrides_its_base_whichever_name_each_uses(tmp_path: Path, base_key: str,
+                                                            child_key: str) -> None:
+    text = {"old": "RETINANET_EXT:\n  NUM_THREADS: {}\n",
+            "new": "MODEL:\n  RETINANET_EXT:\n    NUM_THREADS: {}\n"}
+    (tmp_path / "base.yaml").write_text(
+        f"_BASE_: {REPO_ROOT / 'configs' / 'retinanet_R18_FPN_quick.yaml'}\n"
+        + text[base_key].format(1))
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\n" + text[child_key].format(2))
+    assert load_config(str(tmp_path / "child.yaml")).MODEL.RETINANET_EXT.NUM_THREADS == 2
+    assert load_config(str(tmp_path / "base.yaml")).MODEL.RETINANET_EXT.NUM_THREADS == 1
+
+
+def test_unknown_keys_under_the_old_node_are_still_refused(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("RETINANET_EXT:\n  NUM_THREADS: 1\n  NUM_THREAD: 2\n")
+    with pytest.raises(ConfigError, match="typo.yaml.*RETINANET_EXT"):
+        load_config(str(config))
+
+
+def test_a_merge_outside_load_config_names_the_new_key() -> None:
+    # Detectron2's own merge (yacs' renamed-key mechanism): an error that says where it went.
+    from retinanet_ext import get_retinanet_ext_cfg
+
+    cfg = get_retinanet_ext_cfg()
+    with pytest.raises(KeyError, match="renamed to MODEL.RETINANET_EXT.EMA.DECAY"):
+        cfg.merge_from_list(["RETINANET_EXT.EMA.DECAY", "0.5"])
+    with pytest.raises(KeyError, match="RETINANET_EXT was renamed to MODEL.RETINANET_EXT"):
+        cfg.merge_from_file(str(OLD_EMA_CONFIG))
+
+
+def test_the_demo_keys_are_the_projects_and_match_the_generator() -> None:
+    # Every tool loads the demo's config (DEMO.*); its defaults are the generator's.
+    import inspect
+
+    from retinanet_ext.data import synthetic
+
+    demo = load_config(None).DEMO
+    defaults = inspect.signature(synthetic.generate_synthetic_dataset).parameters
+    assert demo.CLASS_FREQUENCIES == list(synthetic.CLASS_FREQUENCIES)
+    for key in ("NUM_TRAIN", "NUM_VAL", "IMAGE_SIZE", "CLUTTER", "NOISE", "CLASS_COLOUR_PROB"):
+        assert demo[key] == defaults[key.lower()].default, key
+    assert demo.DATA_SEED == defaults["seed"].default
+    assert demo.OBJECTS_PER_IMAGE == list(defaults["objects_per_image"].default)
+    assert demo.OBJECT_SIZE == list(defaults["object_size"].default)

@@ -3,6 +3,15 @@ training visualisation."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+from _modeling_helpers import make_instances, random_image, retinanet_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.backbone.fpn import FPN
+from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
+
 from retinanet_ext import get_retinanet_ext_cfg
 from retinanet_ext.modeling import RetinaNetExt, RetinaNetExtAnchorGenerator, RetinaNetExtHead
 from retinanet_ext.modeling.losses import (
@@ -12,15 +21,6 @@ from retinanet_ext.modeling.losses import (
     SigmoidFocalLoss,
 )
 from retinanet_ext.modeling.matching import IoUAssigner
-
-import pytest
-import torch
-from _modeling_helpers import make_instances, random_image, retinanet_cfg
-from detectron2.modeling import build_model
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-from detectron2.modeling.backbone.fpn import FPN
-from detectron2.structures import Instances
-from detectron2.utils.events import EventStorage
 
 NUM_CLASSES = 6
 
@@ -65,6 +65,9 @@ def test_new_config_keys_and_defaults() -> None:
         "SOFT_NMS_MIN_SCORE": 0.001,
         "ANCHORS_FROM_DATA": False,
         "ANCHOR_SCALES_PER_OCTAVE": 1,
+        "CHECKPOINT_MAX_TO_KEEP": 0,
+        "NUM_THREADS": 0,
+        "EMA": {"ENABLED": False, "DECAY": 0.9998, "WARMUP_ITERS": 2000},
     }
 
 
@@ -277,12 +280,13 @@ def test_compiled_network_keeps_keys_and_detections() -> None:
 
 @pytest.mark.parametrize("precision, native, expected", [
     ("bfloat16", True, True), ("auto", True, True), ("auto", False, False),
-    ("float32", True, False), ("bfloat16", False, False),  # refused at the first forward
+    ("float32", True, False),
 ])
 def test_bfloat16_on_a_cpu_comes_with_channels_last(precision, native, expected, monkeypatch):
-    from retinanet_ext.modeling import meta_arch
+    from retinanet_ext.modeling import precision as precision_module
 
-    monkeypatch.setattr(meta_arch, "cpu_bf16_flags", lambda: ("avx512_bf16",) if native else ())
+    monkeypatch.setattr(precision_module, "cpu_bf16_flags",
+                        lambda: ("avx512_bf16",) if native else ())
     cfg = retinanet_cfg(ours=True, num_classes=NUM_CLASSES)
     cfg.MODEL.RETINANET_EXT.PRECISION = precision
     model = build_model(cfg)
@@ -294,7 +298,9 @@ def test_bfloat16_on_a_cpu_comes_with_channels_last(precision, native, expected,
 def test_reduced_precision_on_cuda_comes_with_channels_last() -> None:
     from retinanet_ext.modeling.meta_arch import reduced_precision_layout
 
-    for precision in ("float16", "bfloat16", "auto"):
-        assert reduced_precision_layout(precision, "cuda") is True
-        assert reduced_precision_layout(precision, "cuda:1") is True
-    assert reduced_precision_layout("float32", "cuda") is False
+    for dtype in (torch.float16, torch.bfloat16):
+        assert reduced_precision_layout(dtype, "cuda") is True
+        assert reduced_precision_layout(dtype, "cuda:1") is True
+    assert reduced_precision_layout(torch.bfloat16, "cpu") is True
+    assert reduced_precision_layout(torch.bfloat16, "mps") is False
+    assert reduced_precision_layout(torch.float32, "cuda") is False

@@ -3,13 +3,13 @@ and bf16 models that still detect like the float32 one."""
 
 from __future__ import annotations
 
-from retinanet_ext.modeling import precision
-
 import pytest
 import torch
 from _modeling_helpers import make_instances, random_image, retinanet_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+
+from retinanet_ext.modeling import precision
 
 native_bf16 = pytest.mark.skipif(
     not precision.cpu_bf16_flags(),
@@ -27,35 +27,36 @@ def cpu_flags(monkeypatch):
     return set_flags
 
 
-def test_float32_is_no_autocast_everywhere() -> None:
-    assert precision.autocast_dtype("float32", "cpu") is None
-    assert precision.autocast_dtype("float32", "cuda") is None
+def test_float32_is_float32_everywhere() -> None:
+    assert precision.resolve_precision("float32", "cpu") is torch.float32
+    assert precision.resolve_precision("float32", "cuda") is torch.float32
 
 
 def test_bf16_on_a_cpu_with_native_bf16(cpu_flags) -> None:
     cpu_flags("amx_bf16")
-    assert precision.autocast_dtype("bfloat16", "cpu") is torch.bfloat16
-    assert precision.autocast_dtype("auto", "cpu") is torch.bfloat16
+    assert precision.resolve_precision("bfloat16", "cpu") is torch.bfloat16
+    assert precision.resolve_precision("auto", "cpu") is torch.bfloat16
 
 
 def test_bf16_refused_on_a_cpu_without_it_and_auto_falls_back(cpu_flags, caplog) -> None:
     cpu_flags()
     with pytest.raises(ValueError) as error:
-        precision.autocast_dtype("bfloat16", "cpu")
+        precision.resolve_precision("bfloat16", "cpu")
     message = str(error.value)
     assert "CPU capability" in message and "no avx512_bf16/amx_bf16" in message
     assert "float32" in message and "auto" in message and "onnxruntime" in message
-    assert precision.autocast_dtype("auto", "cpu") is None
+    assert precision.resolve_precision("auto", "cpu") is torch.float32
     assert "no native bf16, running float32" in caplog.text
 
 
 def test_float16_needs_cuda_and_unknown_names_are_refused(cpu_flags) -> None:
     cpu_flags("avx512_bf16")
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
-        precision.autocast_dtype("float16", "cpu")
-    assert precision.autocast_dtype("float16", "cuda") is torch.float16
+        precision.resolve_precision("float16", "cpu")
+    assert precision.resolve_precision("float16", "cuda") is torch.float16
+    assert precision.resolve_precision("float16", "cuda:1") is torch.float16
     with pytest.raises(ValueError, match="PRECISION = 'half'"):
-        precision.autocast_dtype("half", "cpu")
+        precision.resolve_precision("half", "cpu")
 
 
 def test_model_build_refuses_bf16_without_native_support(cpu_flags) -> None:
@@ -78,6 +79,27 @@ def test_network_dtype_is_the_precision_as_resolved_on_this_cpu(cpu_flags, setti
     cfg = retinanet_cfg(ours=True, num_classes=3)
     cfg.MODEL.RETINANET_EXT.PRECISION = setting
     assert build_model(cfg).network_dtype is expected
+
+
+def test_precision_is_resolved_once_per_model(cpu_flags, caplog, monkeypatch) -> None:
+    # Resolved when the model is built, then passed on: forward passes, the memory layout
+    # and the demo's report use the result; "auto"'s fallback warning shows once.
+    from retinanet_ext.modeling import meta_arch
+
+    cpu_flags()
+    calls = []
+    resolve = precision.resolve_precision
+    monkeypatch.setattr(meta_arch, "resolve_precision",
+                        lambda *args: calls.append(args) or resolve(*args))
+    cfg = retinanet_cfg(ours=True, num_classes=3)
+    cfg.MODEL.RETINANET_EXT.PRECISION = "auto"
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model([{"image": random_image(64, 96, seed=1)}])
+        model([{"image": random_image(64, 96, seed=2)}])
+    assert calls == [("auto", "cpu")]
+    assert model.network_dtype is torch.float32 and not model.channels_last
+    assert caplog.text.count("no native bf16, running float32") == 1
 
 
 def _pair(num_classes: int = 3):
@@ -149,10 +171,10 @@ def test_float16_on_cuda_trains_with_detectron2s_gradient_scaler() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_float16_training_on_cuda_uses_a_gradient_scaler(tmp_path) -> None:
-    from retinanet_ext.engine import Trainer
-
     from _tiny_training import register_synthetic, synthetic_dataset, tiny_cfg
     from detectron2.engine import AMPTrainer
+
+    from retinanet_ext.engine import Trainer
 
     register_synthetic(synthetic_dataset(tmp_path / "data"), "fp16_cuda_train", "fp16_cuda_val")
     cfg = tiny_cfg(tmp_path / "out", "fp16_cuda_train", "fp16_cuda_val",

@@ -1,16 +1,16 @@
-"""RETINANET_EXT.NUM_THREADS: torch's threads from the CPUs this process may really use."""
+"""MODEL.RETINANET_EXT.NUM_THREADS: torch's threads from the CPUs this process may really use."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import pytest
+import torch
+
 from retinanet_ext.config import get_retinanet_ext_cfg
 from retinanet_ext.engine import ConfigError, check_config, configure_cpu_threads
 from retinanet_ext.engine import threads as threads_module
-
-import pytest
-import torch
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_auto_and_explicit_thread_counts(monkeypatch, restore_threads, caplog) -
     assert torch.get_num_threads() == 1
     assert "NUM_THREADS 0: auto; 1 CPUs" in caplog.text
     assert "share 1 CPUs" in caplog.text  # 1 thread + 4 workers on 1 CPU
-    cfg.RETINANET_EXT.NUM_THREADS = 2
+    cfg.MODEL.RETINANET_EXT.NUM_THREADS = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="retinanet_ext.engine.threads"):
@@ -70,8 +70,8 @@ def test_auto_and_explicit_thread_counts(monkeypatch, restore_threads, caplog) -
 
 def test_negative_thread_count_is_refused() -> None:
     cfg = get_retinanet_ext_cfg()
-    cfg.RETINANET_EXT.NUM_THREADS = -1
-    with pytest.raises(ConfigError, match="RETINANET_EXT.NUM_THREADS"):
+    cfg.MODEL.RETINANET_EXT.NUM_THREADS = -1
+    with pytest.raises(ConfigError, match="MODEL.RETINANET_EXT.NUM_THREADS"):
         check_config(cfg)
 
 
@@ -80,5 +80,5 @@ def test_omp_num_threads_is_respected_in_auto(monkeypatch, restore_threads) -> N
     monkeypatch.setattr(threads_module, "available_cpus", lambda: 2)
     cfg = get_retinanet_ext_cfg()
     assert configure_cpu_threads(cfg) == 1
-    cfg.RETINANET_EXT.NUM_THREADS = 2  # the config key wins over the variable
+    cfg.MODEL.RETINANET_EXT.NUM_THREADS = 2  # the config key wins over the variable
     assert configure_cpu_threads(cfg) == 2

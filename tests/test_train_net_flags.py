@@ -86,11 +86,11 @@ def test_check_data_writes_nothing_and_prints_no_config(datasets_root: Path,
 @pytest.mark.slow
 def test_eval_only_with_resume_evaluates_the_last_checkpoint(datasets_root: Path,
                                                              tmp_path: Path) -> None:
-    import retinanet_ext  # noqa: F401
-    from retinanet_ext.engine import load_config
-
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    import retinanet_ext  # noqa: F401
+    from retinanet_ext.engine import load_config
 
     out = tmp_path / "out"
     model = build_model(load_config(QUICK_CONFIG))

@@ -52,7 +52,8 @@ def tiny_training_opts(output_dir: str, max_iter: int, period: int, keep: int) -
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.STEPS", "()", "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.CHECKPOINT_PERIOD", str(period), "RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", str(keep),
+        "SOLVER.CHECKPOINT_PERIOD", str(period),
+        "MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", str(keep),
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir, "SEED", "1",
     ]
 
@@ -95,11 +96,11 @@ def _slow_saves(seconds: float) -> None:
 
 
 def run_child(args: argparse.Namespace) -> int:
-    import retinanet_ext  # noqa: F401
-    from retinanet_ext.engine import Trainer, load_config
-
     from detectron2.engine import HookBase
     from detectron2.utils.logger import setup_logger
+
+    import retinanet_ext  # noqa: F401
+    from retinanet_ext.engine import Trainer, load_config
 
     class Progress(HookBase):
         """Appends ``start N`` and ``iter N`` lines (fsync'ed) after the checkpointer ran."""

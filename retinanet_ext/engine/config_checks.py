@@ -31,6 +31,10 @@ IGNORED_RCNN_KEYS = {
 }
 
 
+#: Where :func:`check_config` notes the values it passed, in the config node's ``__dict__``.
+_CHECKED = "__retinanet_ext_checked__"
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed or names a key that does not exist."""
 
@@ -124,10 +128,9 @@ def _check_solver(cfg: CfgNode) -> None:
     _in_range(cfg, "SOLVER.MAX_ITER", 0, None, integer=True)
     _in_range(cfg, "SOLVER.CHECKPOINT_PERIOD", 1, None, integer=True)
     _in_range(cfg, "TEST.DETECTIONS_PER_IMAGE", 1, None, integer=True)
-    if "RETINANET_EXT" in cfg and "CHECKPOINT_MAX_TO_KEEP" in cfg.RETINANET_EXT:
-        _in_range(cfg, "RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", 0, None, integer=True)
-    if "RETINANET_EXT" in cfg and "NUM_THREADS" in cfg.RETINANET_EXT:
-        _in_range(cfg, "RETINANET_EXT.NUM_THREADS", 0, None, integer=True)
+    if "RETINANET_EXT" in cfg.MODEL:  # a config with retinanet_ext's keys
+        _in_range(cfg, "MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP", 0, None, integer=True)
+        _in_range(cfg, "MODEL.RETINANET_EXT.NUM_THREADS", 0, None, integer=True)
 
 
 def _warn_ignored_rcnn_keys(cfg: CfgNode) -> None:
@@ -146,10 +149,20 @@ def _warn_ignored_rcnn_keys(cfg: CfgNode) -> None:
 def check_config(cfg: CfgNode) -> None:
     """Check ``cfg``'s values before anything is built.
 
+    ``load_config`` checks every config it reads; the ``Trainer`` checks the one it is given,
+    which may have been changed since (in a notebook, a test, a benchmark). A config whose
+    values passed already is not checked again: one check per training start, where
+    ``train_net.py`` and the demo load the config and then build a ``Trainer`` from it.
+
     Raises:
         ConfigError: the first value out of range or of the wrong kind, naming its key.
     """
+    values = repr(cfg)
+    if cfg.__dict__.get(_CHECKED) == values:
+        return
     if cfg.MODEL.META_ARCHITECTURE in RETINANET_ARCHITECTURES:
         _check_retinanet(cfg)
         _warn_ignored_rcnn_keys(cfg)
     _check_solver(cfg)
+    # Beside yacs' own flags (IMMUTABLE, ...): travels with clone(), never in dump().
+    cfg.__dict__[_CHECKED] = values

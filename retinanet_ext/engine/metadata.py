@@ -117,9 +117,9 @@ def attach_metadata(checkpointer: Any, cfg: CfgNode) -> ModelMetadata:
 
 def _test_dataset_metadata(cfg: CfgNode) -> ModelMetadata | None:
     """The class names of the first registered ``DATASETS.TEST`` dataset, if any."""
-    from retinanet_ext.data import dataset_classes
-
     from detectron2.data import DatasetCatalog
+
+    from retinanet_ext.data import dataset_classes
 
     for name in cfg.DATASETS.TEST:
         if name not in DatasetCatalog.list():

@@ -11,14 +11,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from retinanet_ext.config import get_retinanet_ext_cfg
-from retinanet_ext.data.formats import dataset_paths
-from retinanet_ext.engine.config_checks import ConfigError, check_config
-
 import torch
 import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
+
+from retinanet_ext.config import (
+    get_retinanet_ext_cfg,
+    rename_deprecated_keys,
+    rename_deprecated_overrides,
+)
+from retinanet_ext.data.formats import dataset_paths
+from retinanet_ext.engine.config_checks import ConfigError, check_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,34 +43,47 @@ def _merge(where: str, merge: Callable[[], None]) -> None:
         raise ConfigError(f"{where}: {error}") from error
 
 
-def load_config(
-    config_file: str | None,
-    opts: list[str] | None = None,
-    add_keys: Callable[[CfgNode], object] | None = None,
-) -> CfgNode:
+def load_config(config_file: str | None, opts: list[str] | None = None) -> CfgNode:
     """Detectron2's defaults + retinanet_ext's keys, merged with a YAML file and overrides.
 
-    Config files are read with safe YAML only: ``!!python/...`` tags are refused. Values
-    are checked (:func:`~retinanet_ext.engine.config_checks.check_config`).
-    ``add_keys(cfg)`` adds a tool's own keys before merging (e.g. the demo's ``DEMO.*``).
-    Not frozen, so callers may adjust it.
+    Config files are read with safe YAML only: ``!!python/...`` tags are refused. A key's old
+    name (:data:`retinanet_ext.config.RENAMED_KEYS`) still reads, with a warning. Values are
+    checked (:func:`~retinanet_ext.engine.config_checks.check_config`). Not frozen, so
+    callers may adjust it.
     """
     cfg = get_retinanet_ext_cfg()
-    if add_keys is not None:
-        add_keys(cfg)
     if config_file:
         if not Path(config_file).is_file():
             raise ConfigError(f"config file {config_file} does not exist")
-        _merge(f"config file {config_file}",
-               lambda: cfg.merge_from_file(config_file, allow_unsafe=False))
+        _merge(f"config file {config_file}", lambda: _merge_from_file(cfg, config_file))
     if opts:
         if len(opts) % 2:
             raise ConfigError(
                 f"command-line overrides must be KEY VALUE pairs; got an odd count: {opts}"
             )
-        _merge("command-line override", lambda: cfg.merge_from_list(list(opts)))
+        _merge("command-line override", lambda: cfg.merge_from_list(
+            rename_deprecated_overrides(list(opts), "command-line override")))
     check_config(cfg)  # values in range, before anything is built (engine/config_checks.py)
     return cfg
+
+
+class _RenamingCfgNode(CfgNode):
+    """Detectron2's CfgNode that reads each YAML file, and each of its ``_BASE_`` files
+    before they merge, with the old names of renamed keys moved to the new ones."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
+        loaded = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        return rename_deprecated_keys(loaded, f"config file {filename}")
+
+
+def _merge_from_file(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)`` (safe YAML; Detectron2's VERSION upgrade), where
+    a renamed key's old name reads as the new one: merged into a copy that reads files so,
+    then copied back."""
+    staged = _RenamingCfgNode(cfg)
+    staged.merge_from_file(config_file, allow_unsafe=False)
+    cfg.merge_from_other_cfg(CfgNode(staged))
 
 
 def resolve_device(cfg: CfgNode) -> str:

@@ -1,4 +1,4 @@
-"""How many CPU threads the model uses: ``RETINANET_EXT.NUM_THREADS``.
+"""How many CPU threads the model uses: ``MODEL.RETINANET_EXT.NUM_THREADS``.
 
 PyTorch sizes its thread pool from the host's cores, not from what this process may use: in a
 container limited to 2 CPUs on a 64-core host it starts 64 threads, and the convolutions
@@ -53,10 +53,10 @@ def available_cpus() -> int:
 
 
 def configure_cpu_threads(cfg: CfgNode) -> int:
-    """Set torch's intra-op threads from ``RETINANET_EXT.NUM_THREADS`` (0: ``OMP_NUM_THREADS``
-    if set, else :func:`available_cpus`) and log it with the data loader's workers; returns the
-    number set."""
-    wanted = int(cfg.RETINANET_EXT.NUM_THREADS)
+    """Set torch's intra-op threads from ``MODEL.RETINANET_EXT.NUM_THREADS`` (0:
+    ``OMP_NUM_THREADS`` if set, else :func:`available_cpus`) and log it with the data loader's
+    workers; returns the number set."""
+    wanted = int(cfg.MODEL.RETINANET_EXT.NUM_THREADS)
     cpus = available_cpus()
     from_env = os.environ.get("OMP_NUM_THREADS", "")
     if wanted > 0:
@@ -68,11 +68,11 @@ def configure_cpu_threads(cfg: CfgNode) -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
-    logger.info("CPU threads for the model: %d (RETINANET_EXT.NUM_THREADS %s; %d CPUs "
+    logger.info("CPU threads for the model: %d (MODEL.RETINANET_EXT.NUM_THREADS %s; %d CPUs "
                 "available to this process); data loader workers: %d", threads, how, cpus,
                 workers)
     if cfg.MODEL.DEVICE == "cpu" and threads + workers > 2 * cpus:
         logger.warning("%d model threads and %d data loader workers share %d CPUs: expect "
-                       "slow steps; lower DATALOADER.NUM_WORKERS or RETINANET_EXT.NUM_THREADS",
-                       threads, workers, cpus)
+                       "slow steps; lower DATALOADER.NUM_WORKERS or "
+                       "MODEL.RETINANET_EXT.NUM_THREADS", threads, workers, cpus)
     return threads

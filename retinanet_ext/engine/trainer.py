@@ -11,18 +11,19 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
 from retinanet_ext.checkpoint import CheckpointError, RetinaNetExtCheckpointer, load_weights
 from retinanet_ext.engine.config_checks import ConfigError, check_config
 from retinanet_ext.engine.ema import add_ema_hooks
 from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
 from retinanet_ext.evaluation import COCOBoxEvaluator, EvaluationBackendError, watch_highest_score
-from retinanet_ext.modeling.precision import autocast_dtype
-
-import torch
-from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer
-from detectron2.utils import comm
+from retinanet_ext.modeling.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,13 @@ class Trainer(DefaultTrainer):
 
     Also: the config is checked before anything is built; checkpoints are read safely and
     written atomically by :class:`~retinanet_ext.checkpoint.RetinaNetExtCheckpointer`
-    (``--resume`` skips a damaged newest one; ``RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP``);
+    (``--resume`` skips a damaged newest one; ``MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP``);
     a NaN/Inf loss or gradient stops training with
     :class:`~retinanet_ext.engine.guard.TrainingDivergedError`.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
+        self.ema_eval_results: OrderedDict | None = None  # set by the EMA's evaluation
         check_config(cfg)
         super().__init__(with_gradient_scaler(cfg))
         # Class names and input format travel in every checkpoint (engine/metadata.py).
@@ -87,18 +89,33 @@ class Trainer(DefaultTrainer):
         here it is replaced (same model, folder and checkpointables) before the
         ``PeriodicCheckpointer`` hook takes it.
         """
+        ext = self.cfg.MODEL.RETINANET_EXT
         if not isinstance(self.checkpointer, RetinaNetExtCheckpointer):
             self.checkpointer = RetinaNetExtCheckpointer.replacing(
-                self.checkpointer, max_to_keep=self.cfg.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP)
+                self.checkpointer, max_to_keep=ext.CHECKPOINT_MAX_TO_KEEP)
         hook_list = super().build_hooks()
-        if self.cfg.RETINANET_EXT.EMA.ENABLED:  # evaluate an EMA of the weights (engine/ema.py)
+        if ext.EMA.ENABLED:  # evaluate an EMA of the weights (engine/ema.py)
             hook_list = add_ema_hooks(self, hook_list)
         return hook_list
 
     def train(self) -> OrderedDict | None:
-        """Detectron2's training loop; a divergence is logged in one line, not a traceback."""
+        """Detectron2's training loop; a divergence is logged in one line, not a traceback.
+
+        With the EMA on, the EMA's evaluation replaces Detectron2's, so
+        ``TEST.EXPECTED_RESULTS`` is checked against its results (``ema_eval_results``), as
+        ``DefaultTrainer.train`` checks its own.
+        """
         with quiet_divergence_traceback():
-            return super().train()
+            if not self.cfg.MODEL.RETINANET_EXT.EMA.ENABLED:
+                return super().train()
+            TrainerBase.train(self, self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if self.ema_eval_results is None:
+                raise ConfigError("TEST.EXPECTED_RESULTS is set, but no evaluation ran during "
+                                  "training (TEST.EVAL_PERIOD)")
+            verify_results(self.cfg, self.ema_eval_results)
+            return self.ema_eval_results
+        return None
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> ProgressLoader:
@@ -131,12 +148,13 @@ def with_gradient_scaler(cfg: CfgNode) -> CfgNode:
     ``SOLVER.AMP.ENABLED``) brings one (``GradScaler``) on both Detectron2 versions. bfloat16
     needs none (float32's exponent range) and float32 none at all, so only
     ``MODEL.RETINANET_EXT.PRECISION`` float16 (or auto resolving to it) on CUDA switches it on.
+    Detectron2 picks its trainer from the config, before our model exists to say its dtype:
+    hence :func:`~retinanet_ext.modeling.precision.resolve_precision` here too, on CUDA only.
     """
     if cfg.MODEL.META_ARCHITECTURE != "RetinaNetExt" or cfg.SOLVER.AMP.ENABLED:
         return cfg
-    device_type = torch.device(cfg.MODEL.DEVICE).type
-    if device_type != "cuda" or autocast_dtype(cfg.MODEL.RETINANET_EXT.PRECISION,
-                                               device_type) != torch.float16:
+    if torch.device(cfg.MODEL.DEVICE).type != "cuda" or resolve_precision(
+            cfg.MODEL.RETINANET_EXT.PRECISION, cfg.MODEL.DEVICE) != torch.float16:
         return cfg
     logger.info("MODEL.RETINANET_EXT.PRECISION %s on CUDA trains in float16: SOLVER.AMP.ENABLED "
                 "set to True (Detectron2's AMPTrainer, with its gradient scaler).",

@@ -23,11 +23,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from retinanet_ext.export.runtime import METADATA_KEY
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from retinanet_ext.export.runtime import METADATA_KEY
 
 if TYPE_CHECKING:
     from retinanet_ext.predictor import Predictor
@@ -76,9 +76,9 @@ class DenseOutputs(nn.Module):
 def export_metadata(predictor: Predictor) -> dict[str, Any]:
     """Everything :class:`~retinanet_ext.export.runtime.ExportedModel` needs, as plain JSON
     types: class names, input conventions, anchors, box coding and inference settings."""
-    import retinanet_ext
-
     import detectron2
+
+    import retinanet_ext
 
     model, cfg = predictor.model, predictor.cfg
     generator = model.anchor_generator
@@ -160,7 +160,10 @@ def export_model(predictor: Predictor, path: str | os.PathLike, format: str = "o
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = export_metadata(predictor)
-    module = DenseOutputs(predictor.model).to("cpu").float().eval()
+    # float32 in the default memory layout: channels-last weights (PRECISION auto or bfloat16
+    # on a CPU with native bf16 switches them on) make torch.export fix the batch size at 1.
+    module = DenseOutputs(predictor.model).to("cpu", memory_format=torch.contiguous_format)
+    module = module.float().eval()
     example = _example_input(predictor)
     partial = path + ".partial"  # an interrupted export leaves no half-written model behind
     try:
@@ -173,5 +176,8 @@ def export_model(predictor: Predictor, path: str | os.PathLike, format: str = "o
         if os.path.exists(partial):
             os.remove(partial)
         predictor.model.to(predictor.cfg.MODEL.DEVICE)  # DenseOutputs shares its modules
+        if getattr(predictor.model, "channels_last", False):  # and their layout
+            for part in (predictor.model.backbone, predictor.model.head):
+                part.to(memory_format=torch.channels_last)
     logger.info("Exported %s to %s", format, path)
     return path

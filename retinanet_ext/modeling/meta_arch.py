@@ -14,17 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
-from retinanet_ext.modeling.criterion import RetinaNetCriterion
-from retinanet_ext.modeling.head import build_retinanet_ext_head, flatten_dense_predictions
-from retinanet_ext.modeling.postprocess import SoftNMS, decode_detections
-from retinanet_ext.modeling.precision import (
-    autocast_dtype,
-    cpu_bf16_flags,
-    network_autocast,
-    post_head_float32,
-)
-
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_anchor_generator, build_backbone
@@ -33,6 +22,16 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
+
+from retinanet_ext.modeling._cfg import retinanet_ext_node
+from retinanet_ext.modeling.criterion import RetinaNetCriterion
+from retinanet_ext.modeling.head import build_retinanet_ext_head, flatten_dense_predictions
+from retinanet_ext.modeling.postprocess import SoftNMS, decode_detections
+from retinanet_ext.modeling.precision import (
+    network_autocast,
+    post_head_float32,
+    resolve_precision,
+)
 
 __all__ = ["RetinaNetExt"]
 
@@ -67,7 +66,7 @@ class RetinaNetExt(DenseDetector):
         test_nms_thresh: float,
         max_detections_per_image: int,
         soft_nms: SoftNMS | None = None,
-        precision: str = "float32",
+        network_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         compile_network: bool = False,
         vis_period: int = 0,
@@ -90,8 +89,9 @@ class RetinaNetExt(DenseDetector):
             test_nms_thresh: IoU above which class-wise NMS suppresses the worse box.
             max_detections_per_image: detections kept per image after NMS.
             soft_nms: Soft-NMS settings instead of NMS (None: NMS).
-            precision: "float32", or autocast of the backbone and head to "bfloat16",
-                "float16" (CUDA) or "auto" (see :mod:`.precision`); the rest stays float32.
+            network_dtype: the dtype the backbone and head compute in: float32, or autocast
+                to bfloat16 / float16 (``MODEL.RETINANET_EXT.PRECISION`` as
+                :func:`~.precision.resolve_precision` resolves it); the rest stays float32.
             channels_last: backbone, head and input batch in channels-last memory layout.
             compile_network: ``torch.compile`` the backbone and the head in place (state-dict
                 keys unchanged); post-processing, whose shapes vary, is not compiled.
@@ -99,25 +99,31 @@ class RetinaNetExt(DenseDetector):
                 predictions of the first image to the event storage (0: never).
             input_format: channel order of the images ("BGR" or "RGB"), for the drawings.
         """
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
-                "must have one value per image channel."
-            )
+        _check_pixel_statistics(pixel_mean, pixel_std)
         super().__init__(
             backbone, head, list(head_in_features), pixel_mean=pixel_mean, pixel_std=pixel_std
         )
+        # Training: anchors, box coding and the losses.
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
         self.criterion = criterion
         self.num_classes = num_classes
+        # Inference: post-processing of the head's outputs.
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.soft_nms = soft_nms
-        self.precision = precision
-        self._autocast_dtypes: dict[str, torch.dtype | None] = {}
+        # Training visualisation.
+        self.vis_period = vis_period
+        self.input_format = input_format
+        self._set_up_network(network_dtype, channels_last, compile_network)
+
+    def _set_up_network(
+        self, network_dtype: torch.dtype, channels_last: bool, compile_network: bool
+    ) -> None:
+        """How the backbone and head run: their dtype, memory layout and compilation."""
+        self.network_dtype = network_dtype
         self.channels_last = channels_last
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -125,8 +131,6 @@ class RetinaNetExt(DenseDetector):
         if compile_network:
             self.backbone.compile(dynamic=True)
             self.head.compile(dynamic=True)
-        self.vis_period = vis_period
-        self.input_format = input_format
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -157,7 +161,7 @@ class RetinaNetExt(DenseDetector):
             )
         box2box_transform = Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
         ext = retinanet_ext_node(cfg)
-        autocast_dtype(ext.PRECISION, torch.device(cfg.MODEL.DEVICE).type)  # refuse early
+        network_dtype = resolve_precision(ext.PRECISION, cfg.MODEL.DEVICE)
         soft_nms = ext.SOFT_NMS_METHOD and SoftNMS(
             ext.SOFT_NMS_METHOD, ext.SOFT_NMS_SIGMA, ext.SOFT_NMS_MIN_SCORE
         )
@@ -176,9 +180,9 @@ class RetinaNetExt(DenseDetector):
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "soft_nms": soft_nms or None,
-            "precision": ext.PRECISION,
+            "network_dtype": network_dtype,
             "channels_last": ext.CHANNELS_LAST or reduced_precision_layout(
-                ext.PRECISION, cfg.MODEL.DEVICE),
+                network_dtype, cfg.MODEL.DEVICE),
             "compile_network": ext.COMPILE,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
@@ -193,21 +197,8 @@ class RetinaNetExt(DenseDetector):
                 "RetinaNetExt in training mode needs 'instances' (ground truth) in every input "
                 "dict; call model.eval() for inference."
             )
-        device_type = self.device.type
-        with network_autocast(self._network_autocast_dtype(device_type), device_type):
+        with network_autocast(self.network_dtype, self.device.type):
             return super().forward(batched_inputs)
-
-    def _network_autocast_dtype(self, device_type: str) -> torch.dtype | None:
-        if device_type not in self._autocast_dtypes:
-            self._autocast_dtypes[device_type] = autocast_dtype(self.precision, device_type)
-        return self._autocast_dtypes[device_type]
-
-    @property
-    def network_dtype(self) -> torch.dtype:
-        """The dtype the backbone and head compute in on the model's device: ``precision``
-        as resolved there (``auto`` on a CPU: bfloat16 where it has native bf16, else
-        float32)."""
-        return self._network_autocast_dtype(self.device.type) or torch.float32
 
     def preprocess_image(self, batched_inputs: Sequence[dict[str, Any]]) -> ImageList:
         """``DenseDetector``'s normalise, pad and batch; channels-last where configured."""
@@ -281,9 +272,18 @@ class RetinaNetExt(DenseDetector):
         self.visualize_training(inputs, [results[0].to("cpu")])
 
 
-def reduced_precision_layout(precision: str, device: str) -> bool:
-    """Whether ``precision`` on ``device`` switches channels-last on by itself: the network runs
-    in reduced precision, whose convolutions are fastest in that layout.
+def _check_pixel_statistics(pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    if len(pixel_mean) != len(pixel_std):
+        raise ValueError(
+            f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+            "must have one value per image channel."
+        )
+
+
+def reduced_precision_layout(network_dtype: torch.dtype, device: str) -> bool:
+    """Whether ``network_dtype`` (the resolved precision) on ``device`` switches channels-last
+    on by itself: the network runs in reduced precision, whose convolutions are fastest in that
+    layout.
 
     CPU: bfloat16 (or auto) where the CPU has native bf16 (R50-FPN inference at 512x768: bf16
     0.63x Detectron2's float32 time, bf16 + channels-last 0.34x;
@@ -291,9 +291,6 @@ def reduced_precision_layout(precision: str, device: str) -> bool:
     read NHWC; H100, R50/R101-FPN 800x1333: inference at batch 8 1.02-1.14x and the AMP
     training step 1.17-1.22x the speed of NCHW; benchmarks/results/model_gpu.md).
     """
-    device_type = torch.device(device).type
-    if device_type == "cuda":
-        return precision in ("float16", "bfloat16", "auto")
-    if device_type != "cpu" or precision not in ("bfloat16", "auto"):
-        return False
-    return bool(cpu_bf16_flags())
+    # A CPU only gets bfloat16 where it has native bf16 (resolve_precision refuses or falls
+    # back to float32 elsewhere), so reduced precision there is always the fast kind.
+    return network_dtype != torch.float32 and torch.device(device).type in ("cpu", "cuda")

@@ -21,11 +21,11 @@ import torch
 
 __all__ = [
     "PRECISIONS",
-    "autocast_dtype",
     "cpu_bf16_flags",
     "cpu_description",
     "network_autocast",
     "post_head_float32",
+    "resolve_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,11 @@ def cpu_description() -> str:
     return f"CPU capability {capability} ({flags})"
 
 
-def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device_type`` ("cpu", "cuda"); None for
-    float32 (no autocast).
+def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
+    """The dtype the backbone and head compute in: ``MODEL.RETINANET_EXT.PRECISION``
+    ``precision`` resolved on ``device`` ("cpu", "cuda", "cuda:1"); ``torch.float32`` means no
+    autocast. The one place the setting is resolved: the model does it once, when it is
+    built, and keeps the result as ``network_dtype``.
 
     Raises:
         ValueError: an unknown precision, float16 on a CPU, or bfloat16 on a CPU without
@@ -69,8 +71,8 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
             f"MODEL.RETINANET_EXT.PRECISION = {precision!r}: expected one of {list(PRECISIONS)}."
         )
     if precision == "float32":
-        return None
-    if device_type == "cuda":
+        return torch.float32
+    if torch.device(device).type == "cuda":
         if precision == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if precision == "bfloat16" else torch.float16
@@ -82,7 +84,7 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
             "MODEL.RETINANET_EXT.PRECISION auto: %s has no native bf16, running float32.",
             cpu_description(),
         )
-        return None
+        return torch.float32
     if precision == "float16":
         raise ValueError(
             "MODEL.RETINANET_EXT.PRECISION float16 needs a CUDA device; on a CPU use bfloat16 "
@@ -99,9 +101,9 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def network_autocast(dtype: torch.dtype | None, device_type: str) -> Iterator[None]:
-    """Autocast to ``dtype`` (nothing for None)."""
-    if dtype is None:
+def network_autocast(dtype: torch.dtype, device_type: str) -> Iterator[None]:
+    """Autocast to ``dtype`` (a :func:`resolve_precision` result; nothing for float32)."""
+    if dtype == torch.float32:
         yield
         return
     with torch.autocast(device_type=device_type, dtype=dtype):
