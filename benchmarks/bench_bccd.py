@@ -36,12 +36,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (bridges, registrations)
-from retinanet_ext import compat
-from retinanet_ext.config import use_detectron2_retinanet
-from retinanet_ext.data import register_voc_dataset
-from retinanet_ext.engine import load_config
-
 import detectron2
 import torch
 from _machine import cpu_model, load_average  # benchmarks/ is on sys.path
@@ -52,6 +46,12 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
+
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext import compat
+from retinanet_ext.config import use_detectron2_retinanet
+from retinanet_ext.data import register_voc_dataset
+from retinanet_ext.engine import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

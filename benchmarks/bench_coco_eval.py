@@ -30,10 +30,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from retinanet_ext import compat  # noqa: E402  (compat bridges first)
-from retinanet_ext.evaluation import available_backends, evaluate_boxes  # noqa: E402
-
 from _machine import cpu_model, load_average  # noqa: E402  (benchmarks/ is on sys.path)
+
+from retinanet_ext import compat  # noqa: E402  (after the sys.path set-up above)
+from retinanet_ext.evaluation import available_backends, evaluate_boxes  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "coco_eval_cpu.md"
 TOLERANCE = 1e-4

@@ -16,10 +16,10 @@ machine (``--calibrate-iters``, after Detectron2's 3-iteration warm-up; kept in
 ``calibration.json``), then trains ``floor(budget / s_per_iter)`` iterations with its learning-rate
 schedule (``SOLVER.STEPS``, ``SOLVER.WARMUP_ITERS``) scaled by the same factor as its
 ``SOLVER.MAX_ITER``, the warm-up at least an eighth of the run (the recipe's own fraction;
-Detectron2's 1000 of 90000 iterations scaled to 80 would be 1). The training time each run
-really took (Detectron2's total minus hooks) is in the table beside the budget. The runs are
-``retinanet-ext sweep`` runs (one folder per arm under ``--output``): resumable, finished runs
-are kept and not redone.
+Detectron2's 1000 of 90000 iterations scaled to under a hundred would be 1). The training
+time each run really took (Detectron2's total minus hooks) is in the table beside the budget.
+The runs are ``retinanet-ext sweep`` runs (one folder per arm under ``--output``): resumable,
+finished runs are kept and not redone.
 
     ./run python benchmarks/bench_recipe.py                        # 20 min x 3 seeds x 2 arms
     ./run python benchmarks/bench_recipe.py --seeds 0 1 2 3 --budget-min 20
@@ -49,9 +49,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import retinanet_ext  # noqa: E402,F401  (compat bridges, e.g. for detectron2.model_zoo)
-
 from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
+
+import retinanet_ext  # noqa: E402,F401  (registers the components)
 
 RECIPE_CONFIG = REPO_ROOT / "configs" / "recipes" / "small_data_R18_FPN.yaml"
 #: Detectron2's COCO-Detection/retinanet_R_50_FPN_1x.yaml in safe YAML (the zoo's file
@@ -70,11 +70,12 @@ BASELINE_OPTS = [
     "DATASETS.TRAIN", "('bccd_train',)", "DATASETS.TEST", "('bccd_val',)",
     "DATALOADER.NUM_WORKERS", "2",
     # Detectron2's gradient clipping (its default type and value), off by default: without it
-    # the seed-0 run diverged (NaN at iteration 50 of 80; recipe_bccd/diverged/).
+    # the seed-0 run diverged to NaN (recipe_bccd/diverged/).
     "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
 ]
 #: Each arm warms its learning rate up over at least this fraction of its iterations (the
-#: recipe's own 50 of 400): Detectron2's 1000 of 90000, scaled to a budget of 80, is 1.
+#: recipe's own 50 of 400): Detectron2's 1000 of 90000, scaled to a budget of under a hundred
+#: iterations, would be 1.
 MIN_WARMUP_FRACTION = 1 / 8
 ARMS = ("recipe", "baseline")
 _SPEED = re.compile(r"Overall training speed: (\d+) iterations in \S+ \(([\d.]+) s / it\)")

@@ -44,16 +44,16 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import retinanet_ext  # noqa: E402  (compat bridges and registration first)
-from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
-from retinanet_ext.export import ExportedModel, export_model  # noqa: E402
-from retinanet_ext.export.verify import compare_detections  # noqa: E402
-
 from _machine import cpu_model, cpu_simd_flags, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from bench_model import build_models, parse_variant  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
+
+import retinanet_ext  # noqa: E402  (registers the components)
+from retinanet_ext.config import use_retinanet_ext_components  # noqa: E402
+from retinanet_ext.export import ExportedModel, export_model  # noqa: E402
+from retinanet_ext.export.verify import compare_detections  # noqa: E402
 
 
 def make_cfg(depth: int, height: int, width: int, ours: bool, weights: str):

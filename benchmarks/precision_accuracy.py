@@ -38,14 +38,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import retinanet_ext  # noqa: E402,F401  (bridges, registrations)
-from retinanet_ext.data import register_dataset_spec  # noqa: E402
-from retinanet_ext.engine import Trainer, load_config, load_weights  # noqa: E402
-from retinanet_ext.modeling.precision import cpu_description  # noqa: E402
-
 import torch  # noqa: E402
 from _machine import cpu_model, load_average, results_header  # noqa: E402  (benchmarks/ is on sys.path)
 from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import retinanet_ext  # noqa: E402,F401  (registers the components)
+from retinanet_ext.data import register_dataset_spec  # noqa: E402
+from retinanet_ext.engine import Trainer, load_config, load_weights  # noqa: E402
+from retinanet_ext.modeling.precision import cpu_description  # noqa: E402
 
 
 def main() -> None:
@@ -140,12 +140,12 @@ RUNTIMES = {"onnx": ("onnxruntime", False), "onnx-int8": ("onnxruntime", True),
 def evaluate_exported(base, args, runtimes: list[str]) -> dict:
     """{runtime: {"bbox", "seconds", "channels_last"}} for the checkpoint exported to ONNX
     (float32, and int8 where asked), run by each runtime on DATASETS.TEST's images."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, Instances
+
     from retinanet_ext.export import ExportedModel, export_model
     from retinanet_ext.export.quantize import calibration_files, quantize_onnx
     from retinanet_ext.predictor import Predictor
-
-    from detectron2.data import DatasetCatalog
-    from detectron2.structures import Boxes, Instances
 
     cfg = base.clone()
     cfg.defrost()

@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (bridges, registrations)
-from retinanet_ext.config import use_detectron2_retinanet
-from retinanet_ext.engine import load_config
-
 import torch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.config import use_detectron2_retinanet
+from retinanet_ext.engine import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

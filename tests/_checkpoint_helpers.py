@@ -36,9 +36,9 @@ def load_tool(name: str):
 
 
 def build_tiny_model(seed: int) -> torch.nn.Module:
-    from retinanet_ext.engine import load_config
-
     from detectron2.modeling import build_model
+
+    from retinanet_ext.engine import load_config
 
     torch.manual_seed(seed)
     return build_model(load_config(QUICK_CONFIG, TINY_MODEL_OPTS)).eval()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from retinanet_ext import add_retinanet_ext_config
-from retinanet_ext.config import use_retinanet_ext_components
-
 import torch
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 from detectron2.structures import Boxes, Instances
+
+from retinanet_ext import add_retinanet_ext_config
+from retinanet_ext.config import use_retinanet_ext_components
 
 
 def retinanet_cfg(ours: bool, depth: int = 18, num_classes: int = 80) -> CfgNode:

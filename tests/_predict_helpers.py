@@ -24,9 +24,9 @@ def write_tiny_checkpoint(path: Path, classes: Sequence[str] | None = CLASSES,
     classifier weights N(0, 0.1), bias -5) so that scores spread over 0.01-0.9: 20-50
     detections per image at threshold 0.3, under the 100-per-image cap. With ``classes``
     the checkpoint carries the Trainer's metadata entry."""
-    from retinanet_ext.engine import load_config
-
     from detectron2.modeling import build_model
+
+    from retinanet_ext.engine import load_config
 
     torch.manual_seed(seed)
     model = build_model(load_config(QUICK_CONFIG, TINY_OPTS))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from detectron2.config import CfgNode
+
 from retinanet_ext.data import register_coco_dataset, synthetic
 from retinanet_ext.engine import load_config
-
-from detectron2.config import CfgNode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_CONFIG = str(REPO_ROOT / "configs" / "retinanet_R18_FPN_quick.yaml")

@@ -8,6 +8,12 @@ import math
 import shlex
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import Boxes, ImageList, pairwise_iou
+from PIL import Image
+
 from retinanet_ext.analysis import (
     analyze_anchors,
     best_iou,
@@ -17,17 +23,11 @@ from retinanet_ext.analysis import (
 )
 from retinanet_ext.analysis.coverage import _AnchorGrid, training_resize, training_sizes
 from retinanet_ext.analysis.suggest import mean_class_coverage
-from retinanet_ext.cli import main as cli_main
 from retinanet_ext.data import register_csv_dataset, validated_boxes
 from retinanet_ext.data.box_sizes import resized
 from retinanet_ext.engine import Trainer, load_config
 from retinanet_ext.modeling.matching import build_anchor_matcher
-
-import numpy as np
-import pytest
-import torch
-from detectron2.structures import Boxes, ImageList, pairwise_iou
-from PIL import Image
+from retinanet_ext_cli import main as cli_main
 
 QUICK = "configs/retinanet_R18_FPN_quick.yaml"
 
@@ -259,7 +259,7 @@ def test_analyze_anchors_command(new_name, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bccd_coverage(new_name, datasets_root, capsys):
-    """README's command on the shared BCCD set: platelets (median 26 px at 320 px input)
+    """docs/data.md's command on the shared BCCD set: platelets (median 26 px at 320 px input)
     are the class the default anchors miss; the suggestion covers them."""
     spec = f"{new_name()}=voc:{datasets_root / 'bccd' / 'BCCD'}:train"
     assert cli_main(["analyze-anchors", "--config-file", QUICK, "--dataset", spec]) == 0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from retinanet_ext.modeling.anchors import RetinaNetExtAnchorGenerator, expand_octave_scales
-
 import pytest
 import torch
 from _modeling_helpers import retinanet_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+
+from retinanet_ext.modeling.anchors import RetinaNetExtAnchorGenerator, expand_octave_scales
 
 RETINANET_STRIDES = [8, 16, 32, 64, 128]
 # Detectron2's Base-RetinaNet.yaml expression for the sizes.

@@ -1,4 +1,4 @@
-"""README's benchmark commands run, on tiny budgets: they check the plumbing, not speed.
+"""docs/benchmarks.md's benchmark commands run, on tiny budgets: they check the plumbing, not speed.
 
 Speed and accuracy figures come from the full runs written to benchmarks/results/.
 """
@@ -96,7 +96,8 @@ def test_bench_bccd_two_seeds_summary(tmp_path: Path, datasets_root: Path) -> No
             assert row["train_s_per_iter_median"] > 0 and row["inference_s_per_image"] > 0
         # Each model's code on the other's trained weights gives the other's AP: the two
         # implementations infer alike (fails if either's inference is broken). Seen: gaps up
-        # to 4e-4 AP points (float differences near the prior score); README: "to 0.000".
+        # to 4e-4 AP points (float differences near the prior score); docs/benchmarks.md says
+        # "to 0.000".
         ours, theirs = run["retinanet_ext"], run["detectron2"]
         assert ours["AP_code_on_other_weights"] == pytest.approx(theirs["AP"], abs=5e-3)
         assert theirs["AP_code_on_other_weights"] == pytest.approx(ours["AP"], abs=5e-3)
@@ -121,10 +122,10 @@ def test_training_drift_prints_the_gap() -> None:
 def test_precision_accuracy_writes_its_table(tmp_path: Path) -> None:
     """benchmarks/precision_accuracy.py evaluates one checkpoint per precision (here float32
     and auto, which is float32 on a CPU without native bf16) and tabulates the differences."""
-    from retinanet_ext.demo import setup_demo_cfg
-
     import torch
     from detectron2.modeling import build_model
+
+    from retinanet_ext.demo import setup_demo_cfg
 
     opts = ["DEMO.NUM_TRAIN", "4", "DEMO.NUM_VAL", "4", "DEMO.DATA_DIR", str(tmp_path / "data"),
             "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]

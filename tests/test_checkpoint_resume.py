@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+from _checkpoint_helpers import build_tiny_model, load_tool, write_hostile_pkl, write_hostile_pth
+
 from retinanet_ext.checkpoint import (
     CheckpointError,
     RetinaNetExtCheckpointer,
@@ -20,10 +24,6 @@ from retinanet_ext.checkpoint import (
     load_weights,
 )
 from retinanet_ext.engine import Trainer, load_config
-
-import pytest
-import torch
-from _checkpoint_helpers import build_tiny_model, load_tool, write_hostile_pkl, write_hostile_pth
 
 kill_soak = load_tool("kill_soak")
 

@@ -5,14 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinanet_ext.checkpoint import (
-    CheckpointError,
-    DamagedCheckpointError,
-    UnsafeCheckpointError,
-    load_weights,
-    read_checkpoint,
-)
-
 import numpy as np
 import pytest
 import torch
@@ -24,6 +16,14 @@ from _checkpoint_helpers import (
     write_model_zoo_pkl,
 )
 from iopath.common.file_io import PathHandler
+
+from retinanet_ext.checkpoint import (
+    CheckpointError,
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    load_weights,
+    read_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

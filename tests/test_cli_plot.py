@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinanet_ext.cli import main
-
+from retinanet_ext_cli import main
 from tests.test_plots import write_metrics
 
 

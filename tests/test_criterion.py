@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes
+
 from retinanet_ext.modeling.criterion import RetinaNetCriterion, prediction_iou
 from retinanet_ext.modeling.losses import (
     BCELoss,
@@ -14,11 +19,6 @@ from retinanet_ext.modeling.losses import (
     SmoothL1BoxLoss,
 )
 from retinanet_ext.modeling.matching import AnchorTargets
-
-import pytest
-import torch
-from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes
 
 TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
 ANCHORS = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 9.0, 9.0]])

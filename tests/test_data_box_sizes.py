@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from retinanet_ext.data import check_data, register_csv_dataset, validated_boxes
-from retinanet_ext.data.box_sizes import box_size_table, resized
-from retinanet_ext.engine import load_config
-
 import numpy as np
 import pytest
 from PIL import Image
+
+from retinanet_ext.data import check_data, register_csv_dataset, validated_boxes
+from retinanet_ext.data.box_sizes import box_size_table, resized
+from retinanet_ext.engine import load_config
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Registration of the real shared datasets (bccd, coco128, facemask) and their quirks.
 
 The expected numbers are those of ``../shared/datasets/README.md``; the tests skip when
-the shared datasets are absent (set ``RETINANET_EXT_DATASETS``).
+the shared datasets are absent (set ``RETINANET_EXT_DATASETS``), and fail under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,14 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, BoxMode, Instances
+from PIL import Image
 
 from retinanet_ext.data import (
     DatasetError,
@@ -22,14 +30,6 @@ from retinanet_ext.data import (
     register_voc_dataset,
     validate_dataset,
 )
-
-import pytest
-import torch
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, BoxMode, Instances
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,12 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.structures import BoxMode
+from PIL import Image
+
 from retinanet_ext.data import (
     DatasetError,
     make_split,
@@ -19,12 +25,6 @@ from retinanet_ext.data import (
     validate_dataset,
 )
 from retinanet_ext.data.validation import read_image_header
-
-import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
-from detectron2.structures import BoxMode
-from PIL import Image
 
 
 def _image(path: Path, size: tuple[int, int] = (100, 80), image_format: str | None = None,

@@ -9,6 +9,13 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, BoxMode, Instances
+
 from retinanet_ext.data import DatasetError
 from retinanet_ext.engine import ConfigError, Trainer
 from retinanet_ext.evaluation import (
@@ -18,13 +25,6 @@ from retinanet_ext.evaluation import (
     watch_highest_score,
 )
 from retinanet_ext.evaluation.pr_curves import IOU_SETTINGS
-
-import numpy as np
-import pytest
-import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, BoxMode, Instances
 
 LOGGER = "retinanet_ext.evaluation.coco_evaluator"
 
@@ -295,9 +295,9 @@ def test_eval_of_an_untrained_model_reports_no_detections_through_the_trainer(
     A randomly initialised RetinaNet scores every anchor near its 0.01 prior, under the
     default 0.05 threshold: nothing is detected, and the evaluation must say so.
     """
-    from retinanet_ext.engine import evaluate, load_config
-
     from detectron2.data.datasets import register_coco_instances
+
+    from retinanet_ext.engine import evaluate, load_config
 
     source = datasets_root / "coco128" / "annotations" / "instances_train2017.json"
     data = json.loads(source.read_text())

@@ -12,18 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
-from retinanet_ext.checkpoint import RetinaNetExtCheckpointer, load_weights
-from retinanet_ext.cli import main
-from retinanet_ext.cli.convert_weights import torchvision_to_detectron2_key
-from retinanet_ext.engine import load_config
-
 import pytest
 import torch
 import torchvision
 from detectron2.modeling import build_model
 from torch import nn
 
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.checkpoint import RetinaNetExtCheckpointer, load_weights
+from retinanet_ext.engine import load_config
+from retinanet_ext_cli import main
+from retinanet_ext_cli.convert_weights import torchvision_to_detectron2_key
 from tests._checkpoint_helpers import write_caffe2_backbone_pkl, write_hostile_pth
 from tests.test_sweep import localise, readme_commands
 
@@ -194,7 +193,7 @@ def test_convert_weights_errors(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["existing.pkl"]
 
 
-# Appended to README's training commands: one iteration at 64 px, no download (MODEL.WEIGHTS
+# Appended to the documented training commands: one iteration at 64 px, no download (MODEL.WEIGHTS
 # is a local file of the downloaded one's format, built from a model's own weights).
 TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
               "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "MODEL.DEVICE", "cpu",
@@ -206,7 +205,7 @@ TRAIN_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
 @pytest.mark.once
 @pytest.mark.slow
 def test_readme_finetune_commands(datasets_root: Path, tmp_path: Path) -> None:
-    commands = readme_commands("### Fine-tuning from pretrained weights")
+    commands = readme_commands("## Fine-tuning from pretrained weights")
     assert [c.split()[1] for c in commands] == ["train_net.py", "convert-weights", "train_net.py"]
     coco = _model("retinanet_R50_FPN_coco.yaml", "MODEL.RETINANET.NUM_CLASSES", "80")
     coco_file = tmp_path / "model_final_5bd44e.pkl"

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from PIL import Image
+
 from retinanet_ext.data import (
     DATASET_FORMATS,
     DatasetError,
@@ -21,11 +26,6 @@ from retinanet_ext.data import (
 from retinanet_ext.data.catalog import register_validated
 from retinanet_ext.data.formats import unregister_format
 from retinanet_ext.engine import MissingDatasetError, check_datasets_available
-
-import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
-from PIL import Image
 
 
 def _register_boxes_json(name: str, root: str, scale: str = "1") -> str:

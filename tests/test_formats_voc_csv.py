@@ -8,6 +8,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
 from retinanet_ext.data import (
     DatasetError,
     register_csv_dataset,
@@ -15,10 +19,6 @@ from retinanet_ext.data import (
     register_voc_dataset,
     validate_dataset,
 )
-
-import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 
 def _image(path: Path, size: tuple[int, int]) -> Path:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
 from retinanet_ext.data import (
     DatasetError,
     register_dataset_spec,
@@ -16,10 +20,6 @@ from retinanet_ext.data import (
     validate_dataset,
 )
 from retinanet_ext.data.yolo import label_path
-
-import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 
 def _image(path: Path, size: tuple[int, int] = (64, 48)) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from _checkpoint_helpers import REPO_ROOT, load_tool
+from _docs_helpers import command_line
 
 fuzz = load_tool("fuzz_datasets")
 
@@ -36,7 +37,7 @@ def test_every_registered_format_is_fuzzed() -> None:
 @pytest.mark.parametrize("target", fuzz.FUZZ_TARGETS, ids=lambda t: t.name)
 def test_fuzz_sample_has_no_traceback(target, tmp_path: Path) -> None:
     if target not in fuzz.registered_targets(None):
-        pytest.skip(f"retinanet_ext.data registers no {target.name!r} format")
+        pytest.fail(f"retinanet_ext.data registers no {target.name!r} format (it ships one)")
     tally = fuzz.run_target(target, cases=25, seed=1, work=tmp_path, keep=None)
     assert sum(tally.counts.values()) == 25
     assert tally.tracebacks == []
@@ -71,7 +72,7 @@ def test_voc_size_of_infinity_is_an_error_naming_the_file(tmp_path: Path) -> Non
 @pytest.mark.parametrize("target", fuzz.FUZZ_TARGETS, ids=lambda t: t.name)
 def test_train_net_check_data_on_a_mutated_file(target, tmp_path: Path) -> None:
     if target not in fuzz.registered_targets(None):
-        pytest.skip(f"retinanet_ext.data registers no {target.name!r} format")
+        pytest.fail(f"retinanet_ext.data registers no {target.name!r} format (it ships one)")
     base = target.build(tmp_path / target.name)
     victim = base.files[0]
     victim.write_bytes(victim.read_bytes()[:40] + b"\x00garbage\n")  # truncated + binary
@@ -92,10 +93,8 @@ def test_train_net_check_data_on_a_mutated_file(target, tmp_path: Path) -> None:
 @pytest.mark.once
 @pytest.mark.slow
 def test_readme_fuzz_command_runs(tmp_path: Path) -> None:
-    """README's command as written, with a tiny budget appended."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines()
-                if line.startswith("python tools/fuzz_datasets.py"))
+    """docs/training.md's command as written, with a tiny budget appended."""
+    line = command_line("training.md", "python tools/fuzz_datasets.py")
     command = line.split("#")[0].split()[1:]
     result = subprocess.run([sys.executable, *command, "--cases", "3"], capture_output=True,
                             text=True, timeout=600, cwd=REPO_ROOT,

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+from _modeling_helpers import retinanet_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from torch import nn
+
 from retinanet_ext.modeling.head import (
     RETINANET_EXT_HEAD_REGISTRY,
     RetinaNetExtHead,
@@ -11,13 +18,6 @@ from retinanet_ext.modeling.head import (
     flatten_dense_predictions,
     prior_bias,
 )
-
-import pytest
-import torch
-from _modeling_helpers import retinanet_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from torch import nn
 
 SHAPES = [ShapeSpec(channels=16, stride=s) for s in (8, 16, 32)]
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+import torch.nn.functional as F
+from _modeling_helpers import retinanet_cfg
+from detectron2.modeling.box_regression import Box2BoxTransform
+
 from retinanet_ext.modeling.losses import (
     AlphaBalancedBCELoss,
     BCELoss,
@@ -26,12 +32,6 @@ from retinanet_ext.modeling.losses import (
     varifocal_loss,
 )
 from retinanet_ext.modeling.matching import AnchorTargets
-
-import pytest
-import torch
-import torch.nn.functional as F
-from _modeling_helpers import retinanet_cfg
-from detectron2.modeling.box_regression import Box2BoxTransform
 
 
 def _logit(p: float) -> float:

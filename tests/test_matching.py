@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+from _modeling_helpers import make_instances, retinanet_cfg
+from detectron2.structures import Boxes
+
 from retinanet_ext.modeling.matching import (
     IGNORE_LABEL,
     ATSSAssigner,
@@ -10,11 +15,6 @@ from retinanet_ext.modeling.matching import (
     build_assigner,
     label_anchors,
 )
-
-import pytest
-import torch
-from _modeling_helpers import make_instances, retinanet_cfg
-from detectron2.structures import Boxes
 
 NUM_CLASSES = 5
 GT_BOX = [0.0, 0.0, 100.0, 100.0]

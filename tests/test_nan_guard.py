@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retinanet_ext.checkpoint import load_weights, nonfinite_weights
-from retinanet_ext.engine import Trainer, TrainingDivergedError, load_config
-
 import pytest
 import torch
 from _checkpoint_helpers import REPO_ROOT, load_tool
+
+from retinanet_ext.checkpoint import load_weights, nonfinite_weights
+from retinanet_ext.engine import Trainer, TrainingDivergedError, load_config
 
 kill_soak = load_tool("kill_soak")
 

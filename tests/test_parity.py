@@ -7,14 +7,14 @@ loaded into ours, and both see the same inputs.
 
 from __future__ import annotations
 
-from retinanet_ext.modeling import RetinaNetExt
-from retinanet_ext.modeling.losses import CIoUBoxLoss, DIoUBoxLoss, GIoUBoxLoss
-
 import pytest
 import torch
 from _modeling_helpers import make_instances, random_image, retinanet_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+
+from retinanet_ext.modeling import RetinaNetExt
+from retinanet_ext.modeling.losses import CIoUBoxLoss, DIoUBoxLoss, GIoUBoxLoss
 
 
 @pytest.fixture(scope="module")

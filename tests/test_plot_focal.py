@@ -7,21 +7,20 @@ import json
 import math
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
-from retinanet_ext.analysis.focal import (
-    anchor_focal_losses,
-    focal_loss_curves,
-    focal_loss_of_probability,
-    normalized_loss_cdf,
-)
-from retinanet_ext.cli import main
-
 import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.analysis.focal import (
+    anchor_focal_losses,
+    focal_loss_curves,
+    focal_loss_of_probability,
+    normalized_loss_cdf,
+)
+from retinanet_ext_cli import main
 from tests._tiny_training import QUICK_CONFIG, TINY_OPTS, synthetic_dataset, tiny_cfg
 
 

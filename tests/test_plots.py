@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retinanet_ext.plots import MetricsError, plot_training_curves, read_metrics
-
 import numpy as np
 import pytest
+
+from retinanet_ext.plots import MetricsError, plot_training_curves, read_metrics
 
 
 def write_metrics(folder: Path, iterations: int, scale: float = 1.0, cut: bool = False) -> Path:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
+
 from retinanet_ext.modeling.postprocess import (
     SoftNMS,
     decode_detections,
     select_candidates,
     topk_per_segment,
 )
-
-import pytest
-import torch
-from detectron2.modeling.box_regression import Box2BoxTransform
 
 TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
 

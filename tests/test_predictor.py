@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
 from retinanet_ext import Predictor
 from retinanet_ext.export.runtime import (
     ImageReadError,
@@ -17,11 +21,6 @@ from retinanet_ext.export.runtime import (
     resize_shortest_edge,
     resized_shape,
 )
-
-import numpy as np
-import pytest
-from PIL import Image
-
 from tests._predict_helpers import (
     CLASSES,
     QUICK_CONFIG,
@@ -85,9 +84,9 @@ def test_outputs_are_in_input_pixels_with_names(predictor: Predictor) -> None:
 
 
 def test_matches_detectron2_default_predictor(predictor: Predictor, checkpoint: Path) -> None:
-    from retinanet_ext.engine import load_config
-
     from detectron2.engine import DefaultPredictor
+
+    from retinanet_ext.engine import load_config
 
     cfg = load_config(QUICK_CONFIG, TINY_OPTS + ["MODEL.WEIGHTS", str(checkpoint)])
     bgr = sample_rgb(333, 517, seed=3)[:, :, ::-1].copy()

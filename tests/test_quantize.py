@@ -7,21 +7,19 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime  # noqa: F401  (requirements/test.txt installs it: missing is a failure)
+import pytest
+from PIL import Image
+
 from retinanet_ext import Predictor
-from retinanet_ext.cli import main
 from retinanet_ext.export import ExportedModel, ImageReadError, export_model
 from retinanet_ext.export.quantize import calibration_files, quantize_onnx
 from retinanet_ext.export.runtime import METADATA_KEY
 from retinanet_ext.export.verify import sample_images
-
-import numpy as np
-import pytest
-from PIL import Image
-
+from retinanet_ext_cli import main
 from tests._predict_helpers import QUICK_CONFIG, TINY_OPTS, write_tiny_checkpoint
-
-onnx = pytest.importorskip("onnx", reason="onnx is in requirements/test.txt")
-pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements/test.txt")
 
 
 @pytest.fixture(scope="module")

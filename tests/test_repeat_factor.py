@@ -9,10 +9,6 @@ import math
 import os
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
-from retinanet_ext.data import register_coco_dataset, register_csv_dataset
-from retinanet_ext.engine import Trainer
-
 import numpy as np
 import pytest
 import torch
@@ -20,6 +16,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from PIL import Image
 
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.data import register_coco_dataset, register_csv_dataset
+from retinanet_ext.engine import Trainer
 from tests._tiny_training import tiny_cfg
 
 #: Five 64x64 images: "cell" in four, "rare" in one (beside a cell), one image without boxes.

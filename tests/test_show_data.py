@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinanet_ext.cli import main as cli_main
-from retinanet_ext.visualization import class_color
-
 import numpy as np
 import pytest
 from PIL import Image
+
+from retinanet_ext.visualization import class_color
+from retinanet_ext_cli import main as cli_main
 
 QUICK = "configs/retinanet_R18_FPN_quick.yaml"
 

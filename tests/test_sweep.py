@@ -7,7 +7,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -15,15 +14,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
-from retinanet_ext.cli import CommandError, main, sweep
-from retinanet_ext.data import unregister_dataset
-from retinanet_ext.engine import load_config
-
 import pytest
 import torch
 from detectron2.modeling import build_model
 
+import retinanet_ext  # noqa: F401  (registers the components)
+from retinanet_ext.data import unregister_dataset
+from retinanet_ext.engine import load_config
+from retinanet_ext_cli import CommandError, main, sweep
+from tests._docs_helpers import block_after, block_commands, doc_section
 from tests._tiny_training import QUICK_CONFIG, REPO_ROOT, TINY_OPTS, synthetic_dataset
 
 GAMMA = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"
@@ -339,17 +338,13 @@ def test_sweep_variants_one_change_at_a_time(fake_sweep, capsys) -> None:
     assert len(invocations()) == 6
 
 
-def readme_commands(heading: str) -> list[str]:
-    """The bash block of README's section ``heading``, one command a line."""
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index(heading)
-    section = text[start:text.index("\n#", start + len(heading))]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+def readme_commands(heading: str, page: str = "recipe.md") -> list[str]:
+    """The bash block of the docs page's section ``heading``, one command a line."""
+    return block_commands(doc_section(page, heading))
 
 
 def localise(command: str, datasets_root: Path, tmp_path: Path) -> str:
-    """README's paths made local: the shared data sets, ``output/`` under ``tmp_path``, and
+    """The documented paths made local: the shared data sets, ``output/`` under ``tmp_path``, and
     BCCD's val split cut to its first four images (an ids file: evaluation in seconds)."""
     ids = tmp_path / "bccd_val4.txt"
     if not ids.exists():
@@ -361,7 +356,7 @@ def localise(command: str, datasets_root: Path, tmp_path: Path) -> str:
 
 
 def _cli(command: str, datasets_root: Path, tmp_path: Path, *extra: str):
-    """README's ``retinanet-ext ...`` command (:func:`localise`d, ``extra`` appended), run
+    """A documented ``retinanet-ext ...`` command (:func:`localise`d, ``extra`` appended), run
     as ``python -m retinanet_ext`` in a subprocess from the repository root."""
     localised = localise(command, datasets_root, tmp_path)
     argv = [sys.executable, "-m", "retinanet_ext", *shlex.split(localised)[1:], *extra]
@@ -370,7 +365,7 @@ def _cli(command: str, datasets_root: Path, tmp_path: Path, *extra: str):
                           env=env)
 
 
-# Appended to README's sweep: two iterations at 64 px (the plumbing, not the accuracy).
+# Appended to the documented sweep: two iterations at 64 px (the plumbing, not the accuracy).
 SWEEP_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
               "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
               "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
@@ -380,7 +375,7 @@ SWEEP_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
 @pytest.mark.once
 @pytest.mark.slow
 def test_readme_sweep_and_plot_focal_commands(datasets_root: Path, tmp_path: Path) -> None:
-    commands = readme_commands("### Ablation sweeps and the focal-loss figures")
+    commands = readme_commands("## Ablation sweeps and the focal-loss figures")
     assert [c.split()[:2] for c in commands] == [["retinanet-ext", "sweep"],
                                                  *[["retinanet-ext", "plot-focal"]] * 2]
     output = tmp_path / "output" / "sweep_gamma"
@@ -420,13 +415,10 @@ def test_readme_sweep_and_plot_focal_commands(datasets_root: Path, tmp_path: Pat
 
 @pytest.mark.once
 def test_readme_recipe_ablation_command_plans(datasets_root: Path, tmp_path: Path) -> None:
-    """README's recipe ablation (benchmarks/results/recipe_ablation), checked and planned
+    """docs/recipe.md's ablation (benchmarks/results/recipe_ablation), checked and planned
     (--dry-run: every variant's config loaded, nothing trained; the sweep itself is tested
     above)."""
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index("The ablation of the recipe, one change at a time")
-    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
-    (command,) = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    (command,) = block_after("recipe.md", "The ablation of the recipe, one change at a time")
     assert "--output benchmarks/results/recipe_ablation" in command
     command = command.replace("benchmarks/results/recipe_ablation", "output/ablation")
     planned = _cli(command, datasets_root, tmp_path, "--dry-run")
@@ -438,7 +430,7 @@ def test_readme_recipe_ablation_command_plans(datasets_root: Path, tmp_path: Pat
     # As written, on the committed results: every run folder there is accepted as the same
     # run in this checkout (whatever its path), so the command resumes instead of refusing.
     if datasets_root.resolve() != (REPO_ROOT.parent / "shared" / "datasets").resolve():
-        pytest.skip(f"README's ../shared/datasets is not {datasets_root}")
+        pytest.skip(f"the page's ../shared/datasets is not {datasets_root}")
     argv = [sys.executable, "-m", "retinanet_ext", *shlex.split(command)[1:], "--dry-run"]
     argv[argv.index("output/ablation")] = "benchmarks/results/recipe_ablation"
     committed = subprocess.run(argv, capture_output=True, text=True, timeout=900,

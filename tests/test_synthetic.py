@@ -8,11 +8,11 @@ import re
 import subprocess
 from pathlib import Path
 
-import retinanet_ext  # noqa: F401  (compatibility bridges first)
+import pytest
+
+import retinanet_ext  # noqa: F401  (registers the components)
 from retinanet_ext.data import synthetic
 from retinanet_ext.modeling.precision import cpu_bf16_flags
-
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(num_train=12, num_val=4, image_size=96, seed=3)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from retinanet_ext.visualization import class_color, draw_boxes
-
 import numpy as np
 import pytest
+
+from retinanet_ext.visualization import class_color, draw_boxes
 
 
 def test_boxes_are_drawn_in_their_class_colour() -> None:

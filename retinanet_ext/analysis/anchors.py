@@ -7,6 +7,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from detectron2.config import CfgNode
+
 from retinanet_ext.analysis.coverage import (
     BoxCoverage,
     best_iou,
@@ -32,9 +35,6 @@ from retinanet_ext.analysis.suggest import (
 )
 from retinanet_ext.data import DatasetError, dataset_classes, validated_boxes
 from retinanet_ext.data.box_sizes import GroundTruthBoxes
-
-import numpy as np
-from detectron2.config import CfgNode
 
 __all__ = [
     "resolve_anchors_from_data",

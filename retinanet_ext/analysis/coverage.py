@@ -26,9 +26,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from retinanet_ext.data.box_sizes import GroundTruthBoxes, resized
-from retinanet_ext.modeling.matching import build_anchor_matcher
-
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -37,6 +34,9 @@ from detectron2.modeling import build_anchor_generator, build_backbone
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
+
+from retinanet_ext.data.box_sizes import GroundTruthBoxes, resized
+from retinanet_ext.modeling.matching import build_anchor_matcher
 
 __all__ = [
     "SIZE_BUCKETS",

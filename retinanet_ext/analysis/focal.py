@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from retinanet_ext.modeling.head import flatten_dense_predictions
-from retinanet_ext.modeling.losses import sigmoid_focal_loss
-
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from retinanet_ext.modeling.head import flatten_dense_predictions
+from retinanet_ext.modeling.losses import sigmoid_focal_loss
 
 __all__ = [
     "FIGURE1_GAMMAS",

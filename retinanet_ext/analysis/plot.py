@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from retinanet_ext.analysis.anchors import AnchorAnalysis
 from retinanet_ext.analysis.suggest import per_level
-
-import numpy as np
 
 __all__ = ["plot_anchor_analysis"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from retinanet_ext.analysis.coverage import SIZE_BUCKETS, BoxCoverage
-
 import numpy as np
+
+from retinanet_ext.analysis.coverage import SIZE_BUCKETS, BoxCoverage
 
 __all__ = ["CoverageRow", "coverage_rows", "coverage_table", "share_without_anchor"]
 

@@ -22,6 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+from detectron2.config import CfgNode
+
 from retinanet_ext.analysis.coverage import (
     AnchorLayout,
     FeatureShapes,
@@ -30,9 +33,6 @@ from retinanet_ext.analysis.coverage import (
     training_resize,
 )
 from retinanet_ext.data.box_sizes import GroundTruthBoxes
-
-import numpy as np
-from detectron2.config import CfgNode
 
 __all__ = [
     "AnchorSuggestion", "candidate_config", "list_text", "mean_class_coverage", "per_level",

@@ -6,11 +6,11 @@ import json
 import os
 from typing import Any
 
+from detectron2.structures import BoxMode
+
 from retinanet_ext.data.catalog import register_validated
 from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError
-
-from detectron2.structures import BoxMode
 
 
 def _require(condition: bool, json_file: str, expected: str, found: Any) -> None:
@@ -41,6 +41,21 @@ def load_coco_records(
         DatasetError: the file is missing, is not JSON, or is not COCO-shaped; the message
             names the file and the entry at fault.
     """
+    data = _read_coco_json(json_file)
+    thing_classes, id_map = _read_categories(data["categories"], json_file)
+    records_by_id = _read_images(data["images"], json_file, image_root)
+    _add_annotations(data["annotations"], json_file, records_by_id, id_map)
+    # Sorted by image id, as load_coco_json does, for reproducible order.
+    try:
+        image_ids = sorted(records_by_id)
+    except TypeError:  # mixed id types: still a stable order
+        image_ids = sorted(records_by_id, key=str)
+    records = [records_by_id[i] for i in image_ids]
+    return records, thing_classes, id_map
+
+
+def _read_coco_json(json_file: str) -> dict[str, Any]:
+    """The parsed file, checked to hold lists of images, annotations and categories."""
     try:
         with open(json_file, encoding="utf-8") as f:
             data = json.load(f)
@@ -54,9 +69,15 @@ def load_coco_records(
             isinstance(data.get(key), list), json_file, f"a list under '{key}'", data.get(key)
         )
     _require(len(data["categories"]) > 0, json_file, "at least one category", [])
+    return data
 
+
+def _read_categories(
+    categories: list[Any], json_file: str
+) -> tuple[list[str], dict[int, int]]:
+    """Class names and the category id -> contiguous id map, both in increasing id order."""
     names_by_id: dict[int, str] = {}
-    for category in data["categories"]:
+    for category in categories:
         _require(
             isinstance(category, dict)
             and isinstance(category.get("id"), int)
@@ -69,9 +90,15 @@ def load_coco_records(
     category_ids = sorted(names_by_id)
     thing_classes = [names_by_id[i] for i in category_ids]
     id_map = {category_id: index for index, category_id in enumerate(category_ids)}
+    return thing_classes, id_map
 
+
+def _read_images(
+    images: list[Any], json_file: str, image_root: str
+) -> dict[Any, dict[str, Any]]:
+    """One record without annotations per image, keyed by image id."""
     records_by_id: dict[Any, dict[str, Any]] = {}
-    for image in data["images"]:
+    for image in images:
         _require(
             isinstance(image, dict) and "id" in image and isinstance(image.get("file_name"), str),
             json_file, "each image to have an 'id' and a string 'file_name'", image,
@@ -86,8 +113,18 @@ def load_coco_records(
         if "width" in image and "height" in image:
             record["width"], record["height"] = image["width"], image["height"]
         records_by_id[image["id"]] = record
+    return records_by_id
 
-    for annotation in data["annotations"]:
+
+def _add_annotations(
+    annotations: list[Any],
+    json_file: str,
+    records_by_id: dict[Any, dict[str, Any]],
+    id_map: dict[int, int],
+) -> None:
+    """Append each annotation's box to its image's record, with contiguous category ids."""
+    category_ids = list(id_map)
+    for annotation in annotations:
         _require(
             isinstance(annotation, dict) and "image_id" in annotation,
             json_file, "each annotation to have an 'image_id'", annotation,
@@ -115,13 +152,6 @@ def load_coco_records(
                 SOURCE_KEY: where,
             }
         )
-    # Sorted by image id, as load_coco_json does, for reproducible order.
-    try:
-        image_ids = sorted(records_by_id)
-    except TypeError:  # mixed id types: still a stable order
-        image_ids = sorted(records_by_id, key=str)
-    records = [records_by_id[i] for i in image_ids]
-    return records, thing_classes, id_map
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> str:

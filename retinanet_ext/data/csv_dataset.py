@@ -32,11 +32,11 @@ import csv
 import os
 from typing import Any
 
+from detectron2.structures import BoxMode
+
 from retinanet_ext.data.catalog import register_validated
 from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError
-
-from detectron2.structures import BoxMode
 
 _COLUMN_NAMES = {
     "file": ("filename", "file_name", "path", "image", "image_path", "img"),

@@ -26,9 +26,9 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from retinanet_ext.data.validation import DatasetError
-
 from detectron2.data import MetadataCatalog
+
+from retinanet_ext.data.validation import DatasetError
 
 __all__ = [
     "DATASET_FORMATS",

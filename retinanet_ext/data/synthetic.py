@@ -345,19 +345,29 @@ def generate_synthetic_dataset(
     splits_info: dict[str, Any] = {}
     class_counts: dict[str, dict[str, int]] = {}
     for split, n_images in (("train", num_train), ("val", num_val)):
-        images, annotations, counts = _render_split(paths[split]["image_root"], split, n_images,
-                                                    params)
-        with open(paths[split]["json_file"], "w") as f:
-            json.dump(_coco_json(split, images, annotations), f)
-        splits_info[split] = {**paths[split], "num_images": n_images,
-                              "num_annotations": len(annotations)}
-        class_counts[split] = {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)}
+        splits_info[split], class_counts[split] = _write_split(
+            paths[split], split, n_images, params
+        )
 
     manifest = {"params": params, "splits": splits_info, "class_counts": class_counts}
     with open(manifest_path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(manifest_path + ".tmp", manifest_path)
     return {**manifest, "output_dir": output_dir, "reused": False}
+
+
+def _write_split(
+    split_paths: dict[str, str], split: str, n_images: int, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Render one split's images and write its COCO JSON; returns the split's manifest
+    entry and its boxes per class name."""
+    images, annotations, counts = _render_split(split_paths["image_root"], split, n_images,
+                                                params)
+    with open(split_paths["json_file"], "w") as f:
+        json.dump(_coco_json(split, images, annotations), f)
+    split_info = {**split_paths, "num_images": n_images, "num_annotations": len(annotations)}
+    class_counts = {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)}
+    return split_info, class_counts
 
 
 def _existing_manifest(
@@ -437,8 +447,6 @@ def register_synthetic_dataset(
     Re-registering a name (e.g. for another ``output_dir``) replaces the old entry.
     Returns ``{split: dataset_name}``.
     """
-    import retinanet_ext  # noqa: F401  (compatibility bridges before detectron2 submodules)
-
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 

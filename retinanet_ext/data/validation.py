@@ -3,8 +3,8 @@
 :func:`validate_records` takes Detectron2 standard dataset dicts (as the format loaders
 in this package produce them) and returns them cleaned, with a :class:`DatasetSummary`:
 
-* every image is opened (header only: ``PIL.Image.open`` is lazy, so this costs a few
-  hundred microseconds an image); a missing or unreadable image is a
+* every image is opened (header only: ``PIL.Image.open`` is lazy, so no pixel is
+  decoded); a missing or unreadable image is a
   :class:`DatasetError` naming the file. The image's own size is the truth: a
   width/height in the annotation that disagrees with it is replaced, with a warning.
   The format comes from the content, not the extension, as in Detectron2's
@@ -267,88 +267,121 @@ def validate_records(
         boxes_per_class=dict.fromkeys(thing_classes, 0),
         crowd_per_class=dict.fromkeys(thing_classes, 0),
     )
-    cleaned: list[dict[str, Any]] = []
-    for record in records:
-        record = dict(record)
-        record_source = str(record.pop(SOURCE_KEY, record.get("file_name", "?")))
-        problems: list[str] = []
-
-        file_name = str(record["file_name"])
-        header = read_image_header(file_name, referenced_by=record_source)
-        extension = os.path.splitext(file_name)[1].lower()
-        expected_format = _FORMATS_BY_EXTENSION.get(extension)
-        if expected_format and header.format and header.format != expected_format:
-            summary.format_mismatches += 1
-            problems.append(
-                f"image {file_name} is named '{extension}' but its content is "
-                f"{header.format}; read by content"
-            )
-        if header.mode in _CLIPPED_MODES:
-            problems.append(
-                f"image {file_name} has {header.mode} pixels (16/32-bit): Detectron2 reads it "
-                f"as 8-bit RGB, clipping every value above 255; convert it to 8-bit"
-            )
-        stated = (record.get("width"), record.get("height"))
-        if stated != (None, None) and stated != (header.width, header.height):
-            summary.size_mismatches += 1
-            problems.append(
-                f"annotation says size {stated[0]}x{stated[1]} (WxH) but image {file_name} "
-                f"is {header.width}x{header.height}; using the image's size"
-            )
-        record["width"], record["height"] = header.width, header.height
-
-        kept = []
-        for annotation in record.get("annotations", []):
-            annotation = dict(annotation)
-            detail = annotation.pop(SOURCE_KEY, None)
-            at = f"{detail}: " if detail else ""
-            category_id = annotation["category_id"]
-            if not 0 <= category_id < len(thing_classes):
-                raise DatasetError(
-                    f"{record_source}: {at}category_id {category_id} is outside the dataset's "
-                    f"{len(thing_classes)} classes (expected 0..{len(thing_classes) - 1})."
-                )
-            class_name = thing_classes[category_id]
-            bbox_mode = annotation.get("bbox_mode", BoxMode.XYXY_ABS)
-            box = _as_xyxy(annotation["bbox"], bbox_mode)
-            reason = _drop_reason(box)
-            if reason is None:
-                clipped = [
-                    min(max(box[0], 0.0), header.width),
-                    min(max(box[1], 0.0), header.height),
-                    min(max(box[2], 0.0), header.width),
-                    min(max(box[3], 0.0), header.height),
-                ]
-                if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                    reason = "outside image"
-                elif clipped != box:
-                    summary.clipped_boxes += 1
-                    problems.append(
-                        f"{at}clipped {class_name} box {_format_box(box)} to the "
-                        f"{header.width}x{header.height} image: {_format_box(clipped)}"
-                    )
-                    annotation["bbox"] = _from_xyxy(clipped, bbox_mode)
-            if reason is not None:
-                summary.dropped_by_reason[reason] += 1
-                problems.append(f"{at}dropped {reason} {class_name} box {_format_box(box)}")
-                continue
-            annotation["bbox_mode"] = bbox_mode
-            annotation.setdefault("iscrowd", 0)
-            if annotation["iscrowd"]:
-                summary.crowd_per_class[class_name] += 1
-            else:
-                summary.boxes_per_class[class_name] += 1
-            kept.append(annotation)
-        record["annotations"] = kept
-        summary.num_images += 1
-        if not kept:
-            summary.images_without_boxes += 1
-        if problems:
-            summary.problems.setdefault(record_source, []).extend(problems)
-        cleaned.append(record)
-
+    cleaned = [_validate_record(record, thing_classes, summary) for record in records]
     _log_problems(summary)
     return cleaned, summary
+
+
+def _validate_record(
+    record: dict[str, Any], thing_classes: Sequence[str], summary: DatasetSummary
+) -> dict[str, Any]:
+    """One record, checked and cleaned into a new dict; counts go to ``summary``."""
+    record = dict(record)
+    record_source = str(record.pop(SOURCE_KEY, record.get("file_name", "?")))
+    problems: list[str] = []
+    header = _check_image(record, record_source, summary, problems)
+    kept = []
+    for annotation in record.get("annotations", []):
+        cleaned = _validate_annotation(
+            annotation, record_source, thing_classes, header, summary, problems
+        )
+        if cleaned is not None:
+            kept.append(cleaned)
+    record["annotations"] = kept
+    summary.num_images += 1
+    if not kept:
+        summary.images_without_boxes += 1
+    if problems:
+        summary.problems.setdefault(record_source, []).extend(problems)
+    return record
+
+
+def _check_image(
+    record: dict[str, Any], record_source: str, summary: DatasetSummary, problems: list[str]
+) -> ImageHeader:
+    """Read the record's image header, note format, depth and size problems, and set the
+    record's ``width``/``height`` to the image's own."""
+    file_name = str(record["file_name"])
+    header = read_image_header(file_name, referenced_by=record_source)
+    extension = os.path.splitext(file_name)[1].lower()
+    expected_format = _FORMATS_BY_EXTENSION.get(extension)
+    if expected_format and header.format and header.format != expected_format:
+        summary.format_mismatches += 1
+        problems.append(
+            f"image {file_name} is named '{extension}' but its content is "
+            f"{header.format}; read by content"
+        )
+    if header.mode in _CLIPPED_MODES:
+        problems.append(
+            f"image {file_name} has {header.mode} pixels (16/32-bit): Detectron2 reads it "
+            f"as 8-bit RGB, clipping every value above 255; convert it to 8-bit"
+        )
+    stated = (record.get("width"), record.get("height"))
+    if stated != (None, None) and stated != (header.width, header.height):
+        summary.size_mismatches += 1
+        problems.append(
+            f"annotation says size {stated[0]}x{stated[1]} (WxH) but image {file_name} "
+            f"is {header.width}x{header.height}; using the image's size"
+        )
+    record["width"], record["height"] = header.width, header.height
+    return header
+
+
+def _validate_annotation(
+    annotation: dict[str, Any],
+    record_source: str,
+    thing_classes: Sequence[str],
+    header: ImageHeader,
+    summary: DatasetSummary,
+    problems: list[str],
+) -> dict[str, Any] | None:
+    """One annotation as a new dict with its box clipped to the image, or None if the box
+    is dropped; counts go to ``summary``, what was changed to ``problems``."""
+    annotation = dict(annotation)
+    detail = annotation.pop(SOURCE_KEY, None)
+    at = f"{detail}: " if detail else ""
+    category_id = annotation["category_id"]
+    if not 0 <= category_id < len(thing_classes):
+        raise DatasetError(
+            f"{record_source}: {at}category_id {category_id} is outside the dataset's "
+            f"{len(thing_classes)} classes (expected 0..{len(thing_classes) - 1})."
+        )
+    class_name = thing_classes[category_id]
+    bbox_mode = annotation.get("bbox_mode", BoxMode.XYXY_ABS)
+    box = _as_xyxy(annotation["bbox"], bbox_mode)
+    reason = _drop_reason(box)
+    if reason is None:
+        clipped = _clip_to_image(box, header)
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            reason = "outside image"
+        elif clipped != box:
+            summary.clipped_boxes += 1
+            problems.append(
+                f"{at}clipped {class_name} box {_format_box(box)} to the "
+                f"{header.width}x{header.height} image: {_format_box(clipped)}"
+            )
+            annotation["bbox"] = _from_xyxy(clipped, bbox_mode)
+    if reason is not None:
+        summary.dropped_by_reason[reason] += 1
+        problems.append(f"{at}dropped {reason} {class_name} box {_format_box(box)}")
+        return None
+    annotation["bbox_mode"] = bbox_mode
+    annotation.setdefault("iscrowd", 0)
+    if annotation["iscrowd"]:
+        summary.crowd_per_class[class_name] += 1
+    else:
+        summary.boxes_per_class[class_name] += 1
+    return annotation
+
+
+def _clip_to_image(box: list[float], header: ImageHeader) -> list[float]:
+    """An XYXY box clipped to ``[0, width] x [0, height]``."""
+    return [
+        min(max(box[0], 0.0), header.width),
+        min(max(box[1], 0.0), header.height),
+        min(max(box[2], 0.0), header.width),
+        min(max(box[3], 0.0), header.height),
+    ]
 
 
 def _log_problems(summary: DatasetSummary) -> None:

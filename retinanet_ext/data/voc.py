@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detectron2.structures import BoxMode
+
 from retinanet_ext.data.catalog import register_validated
 from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.split import parse_random_split
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError
-
-from detectron2.structures import BoxMode
 
 _IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG",
@@ -265,44 +265,61 @@ def load_voc_records(
         for image_id in ids
     }
     if class_names is None:
-        names = {o.name for a in parsed.values() for o in a.objects}
-        for other_id in set(list_voc_ids(annotations_dir)) - set(parsed):
-            names.update(
-                o.name for o in parse_voc_xml(
-                    os.path.join(annotations_dir, other_id + ".xml")).objects
-            )
-        class_names = sorted(names)
+        class_names = _discover_class_names(annotations_dir, parsed)
     class_names = list(class_names)
     class_ids = {name: index for index, name in enumerate(class_names)}
-
-    records = []
-    for index, image_id in enumerate(ids):
-        annotation = parsed[image_id]
-        record: dict[str, Any] = {
-            "file_name": _find_image(images_dir, image_id, annotation.filename, annotation.path),
-            "image_id": index,
-            "annotations": [],
-            SOURCE_KEY: annotation.path,
-        }
-        if annotation.width and annotation.height:
-            record["width"], record["height"] = annotation.width, annotation.height
-        for number, obj in enumerate(annotation.objects, start=1):
-            if obj.name not in class_ids:
-                raise DatasetError(
-                    f"{annotation.path}: <object> number {number} has class '{obj.name}', "
-                    f"which is not one of the dataset's classes {class_names}."
-                )
-            record["annotations"].append(
-                {
-                    "bbox": list(obj.box),
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                    "category_id": class_ids[obj.name],
-                    "iscrowd": 0,
-                    SOURCE_KEY: f"object {number}",
-                }
-            )
-        records.append(record)
+    records = [
+        _voc_record(index, image_id, parsed[image_id], images_dir, class_ids, class_names)
+        for index, image_id in enumerate(ids)
+    ]
     return records, class_names
+
+
+def _discover_class_names(annotations_dir: str, parsed: dict[str, VocAnnotation]) -> list[str]:
+    """The sorted class names of every XML file in ``annotations_dir``: those already
+    ``parsed`` (id -> parsed file) and the others, read here."""
+    names = {o.name for a in parsed.values() for o in a.objects}
+    for other_id in set(list_voc_ids(annotations_dir)) - set(parsed):
+        names.update(
+            o.name for o in parse_voc_xml(
+                os.path.join(annotations_dir, other_id + ".xml")).objects
+        )
+    return sorted(names)
+
+
+def _voc_record(
+    index: int,
+    image_id: str,
+    annotation: VocAnnotation,
+    images_dir: str,
+    class_ids: dict[str, int],
+    class_names: list[str],
+) -> dict[str, Any]:
+    """The dataset dict of one parsed XML file; ``index`` becomes its ``image_id``."""
+    record: dict[str, Any] = {
+        "file_name": _find_image(images_dir, image_id, annotation.filename, annotation.path),
+        "image_id": index,
+        "annotations": [],
+        SOURCE_KEY: annotation.path,
+    }
+    if annotation.width and annotation.height:
+        record["width"], record["height"] = annotation.width, annotation.height
+    for number, obj in enumerate(annotation.objects, start=1):
+        if obj.name not in class_ids:
+            raise DatasetError(
+                f"{annotation.path}: <object> number {number} has class '{obj.name}', "
+                f"which is not one of the dataset's classes {class_names}."
+            )
+        record["annotations"].append(
+            {
+                "bbox": list(obj.box),
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": class_ids[obj.name],
+                "iscrowd": 0,
+                SOURCE_KEY: f"object {number}",
+            }
+        )
+    return record
 
 
 def register_voc_dataset(

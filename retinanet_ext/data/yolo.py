@@ -34,11 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detectron2.structures import BoxMode
+
 from retinanet_ext.data.catalog import register_validated
 from retinanet_ext.data.formats import DatasetFormat, SpecField, register_format
 from retinanet_ext.data.validation import SOURCE_KEY, DatasetError, read_image_header
-
-from detectron2.structures import BoxMode
 
 logger = logging.getLogger("retinanet_ext.data")
 

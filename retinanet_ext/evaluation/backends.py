@@ -9,8 +9,7 @@ checks them against pycocotools to 1e-4 on every metric):
   C++ does the matching; ground truth indexing and IoUs stay in pycocotools' Python).
 
 ``auto`` picks the first available of ``faster-coco-eval``, ``detectron2``, ``pycocotools``:
-the order of their speed on a COCO-sized set (benchmarks/results/coco_eval_cpu_d2src.md:
-8.0x, 2.3x and 1x).
+the order of their speed on a COCO-sized set (benchmarks/results/coco_eval_cpu_d2src.md).
 The environment variable ``RETINANET_EXT_COCO_EVAL`` forces one (see :func:`resolve_backend`).
 """
 
@@ -24,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from retinanet_ext import compat
-
 import numpy as np
+
+from retinanet_ext import compat
 
 __all__ = [
     "BACKENDS",

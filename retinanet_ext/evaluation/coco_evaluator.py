@@ -21,16 +21,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from retinanet_ext.data import DatasetError
-from retinanet_ext.evaluation.backends import evaluate_boxes, resolve_backend
-from retinanet_ext.evaluation.metrics import (
-    SUMMARY_METRICS,
-    per_class_metrics,
-    summary_metrics,
-    undefined_metric_notes,
-)
-from retinanet_ext.evaluation.score_probe import active_probe
-
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -40,6 +30,16 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 from tabulate import tabulate
+
+from retinanet_ext.data import DatasetError
+from retinanet_ext.evaluation.backends import evaluate_boxes, resolve_backend
+from retinanet_ext.evaluation.metrics import (
+    SUMMARY_METRICS,
+    per_class_metrics,
+    summary_metrics,
+    undefined_metric_notes,
+)
+from retinanet_ext.evaluation.score_probe import active_probe
 
 __all__ = ["COCOBoxEvaluator", "load_coco_ground_truth"]
 

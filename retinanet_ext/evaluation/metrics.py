@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from retinanet_ext.evaluation.backends import BoxEvaluation
-
 import numpy as np
+
+from retinanet_ext.evaluation.backends import BoxEvaluation
 
 __all__ = ["SUMMARY_METRICS", "class_indices", "per_class_metrics", "summary_metrics",
            "undefined_metric_notes"]

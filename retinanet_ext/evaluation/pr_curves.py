@@ -14,10 +14,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from retinanet_ext.evaluation.backends import BoxEvaluation
 from retinanet_ext.evaluation.metrics import class_indices
-
-import numpy as np
 
 __all__ = ["IOU_SETTINGS", "pr_curve_data", "plot_pr_curves", "write_pr_curves"]
 
@@ -119,7 +119,7 @@ def _one_axes(plt: Any, recall: list[float], curves: dict, aps: dict) -> Any:
 
 def _small_multiples(plt: Any, recall: list[float], curves: dict, aps: dict) -> Any:
     """One small panel per class, drawn on a single axes (offset curves in a grid): as
-    many real subplots take matplotlib tens of seconds to lay out for 80 classes."""
+    many real subplots are slow for matplotlib to lay out for COCO's 80 classes."""
     columns = math.ceil(math.sqrt(len(curves)))
     rows = math.ceil(len(curves) / columns)
     figure, axis = plt.subplots(figsize=(2.0 * columns, 1.8 * rows + 0.4))

@@ -28,9 +28,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from retinanet_ext.export.runtime import METADATA_KEY, ExportedModel, load_image_rgb
-
 import numpy as np
+
+from retinanet_ext.export.runtime import METADATA_KEY, ExportedModel, load_image_rgb
 
 __all__ = ["IMAGE_SUFFIXES", "calibration_files", "quantize_onnx"]
 
@@ -122,7 +122,6 @@ def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
         ImageReadError: a calibration image cannot be read (the message names it).
         ValueError: no calibration images, or ``source`` is already quantized.
     """
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -149,16 +148,7 @@ def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
-            quantized = onnx.load(partial)
-            metadata["quantization"] = {
-                "type": "int8",
-                "scheme": "onnxruntime static QDQ: weights int8 per channel, activations "
-                          "uint8 per tensor, min/max calibration",
-                "calibration_images": reader.count,
-            }
-            del quantized.metadata_props[:]
-            quantized.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
-            onnx.save(quantized, partial)
+            _stamp_quantization(partial, metadata, reader.count)
             os.replace(partial, destination)
         finally:
             root.removeFilter(once)
@@ -167,4 +157,21 @@ def quantize_onnx(source: str | os.PathLike, destination: str | os.PathLike,
     logger.info("Quantized %s to int8 (%d calibration images): %s", source, reader.count,
                 destination)
     return destination
+
+
+def _stamp_quantization(path: str, metadata: dict[str, Any], calibration_images: int) -> None:
+    """Replace the metadata of the quantized model at ``path`` by the float model's
+    ``metadata`` plus a ``quantization`` entry saying how it was quantized."""
+    import onnx
+
+    quantized = onnx.load(path)
+    metadata["quantization"] = {
+        "type": "int8",
+        "scheme": "onnxruntime static QDQ: weights int8 per channel, activations "
+                  "uint8 per tensor, min/max calibration",
+        "calibration_images": calibration_images,
+    }
+    del quantized.metadata_props[:]
+    quantized.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    onnx.save(quantized, path)
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retinanet_ext.export.runtime import Detections, ExportedModel
-
 import numpy as np
+
+from retinanet_ext.export.runtime import Detections, ExportedModel
 
 if TYPE_CHECKING:
     from retinanet_ext.predictor import Predictor
@@ -140,9 +140,9 @@ def sample_images(sizes: Sequence[tuple[int, int]] = ((480, 640), (333, 517), (6
 
 def _dense_diff(predictor: Predictor, exported: ExportedModel, image_rgb: np.ndarray) -> float:
     """Max |difference| of the network's dense outputs (PyTorch vs exported)."""
-    from retinanet_ext.export.exporter import DenseOutputs
-
     import torch
+
+    from retinanet_ext.export.exporter import DenseOutputs
 
     tensor = exported.preprocess(image_rgb)[None]
     with torch.no_grad():

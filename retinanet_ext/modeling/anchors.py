@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
-
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
 from detectron2.structures import Boxes
 from torch import Tensor
+
+from retinanet_ext.modeling._cfg import retinanet_ext_node
 
 __all__ = ["RetinaNetExtAnchorGenerator", "broadcast_per_level", "expand_octave_scales"]
 

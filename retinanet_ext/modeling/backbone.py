@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from retinanet_ext.modeling._cfg import retinanet_ext_node
-
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+
+from retinanet_ext.modeling._cfg import retinanet_ext_node
 
 __all__ = [
     "build_retinanet_ext_resnet_fpn_backbone",

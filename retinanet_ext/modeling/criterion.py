@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.utils.events import get_event_storage
+from torch import Tensor
+
 from retinanet_ext.modeling.losses import (
     BoxLoss,
     ClassificationLoss,
@@ -20,14 +28,6 @@ from retinanet_ext.modeling.losses import (
     build_loss_normalizer,
 )
 from retinanet_ext.modeling.matching import AnchorTargets, build_assigner
-
-import torch
-from detectron2.config import CfgNode, configurable
-from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes, Instances
-from detectron2.structures.boxes import matched_pairwise_iou
-from detectron2.utils.events import get_event_storage
-from torch import Tensor
 
 __all__ = ["RetinaNetCriterion", "prediction_iou"]
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
-
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
+
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
 
 __all__ = [
     "RETINANET_EXT_HEAD_REGISTRY",

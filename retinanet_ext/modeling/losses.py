@@ -18,9 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
-from retinanet_ext.modeling.matching import AnchorTargets
-
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.layers.losses import ciou_loss, diou_loss
@@ -28,6 +25,9 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
 from fvcore.nn import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from torch import Tensor
+
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
+from retinanet_ext.modeling.matching import AnchorTargets
 
 __all__ = [
     "RETINANET_EXT_BOX_LOSS_REGISTRY",

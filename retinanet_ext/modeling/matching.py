@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
-
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.registry import Registry
 from torch import Tensor
+
+from retinanet_ext.modeling._cfg import get_registered, retinanet_ext_node
 
 __all__ = [
     "IGNORE_LABEL",

@@ -215,15 +215,10 @@ def decode_detections(
         class_idx.split(counts),
         strict=True,
     ):
-        if soft_nms_settings is None:
-            keep = batched_nms(image_boxes.float(), image_scores, image_classes, nms_thresh)
-            keep = keep[:max_detections_per_image]
-            kept_scores = image_scores[keep]
-        else:
-            keep, kept_scores = soft_nms(
-                image_boxes.float(), image_scores, image_classes, soft_nms_settings,
-                nms_thresh, max_detections_per_image,
-            )
+        keep, kept_scores = _suppress_duplicates(
+            image_boxes, image_scores, image_classes, nms_thresh, max_detections_per_image,
+            soft_nms_settings,
+        )
         results.append(
             Instances(
                 tuple(image_size),
@@ -233,3 +228,22 @@ def decode_detections(
             )
         )
     return results
+
+
+def _suppress_duplicates(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    nms_thresh: float,
+    max_detections_per_image: int,
+    soft_nms_settings: SoftNMS | None,
+) -> tuple[Tensor, Tensor]:
+    """Class-wise NMS (or Soft-NMS) of one image's candidates: the kept indices, best
+    first, at most ``max_detections_per_image``, and their (possibly decayed) scores."""
+    if soft_nms_settings is None:
+        keep = batched_nms(boxes.float(), scores, classes, nms_thresh)
+        keep = keep[:max_detections_per_image]
+        return keep, scores[keep]
+    return soft_nms(
+        boxes.float(), scores, classes, soft_nms_settings, nms_thresh, max_detections_per_image,
+    )
