@@ -101,13 +101,17 @@ def test_unregistered_dataset_is_reported() -> None:
         check_datasets_available(["no_such_dataset"])
 
 
-def test_train_net_fails_at_start_without_writing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [
+    [],  # README's and docs/training.md's commands, as written, on a machine without COCO
+    ["--resume"],
+    ["--eval-only", "MODEL.WEIGHTS", "output/model_final.pth"],
+], ids=["train", "resume", "eval-only"])
+def test_train_net_fails_at_start_without_writing(tmp_path: Path, flags: list[str]) -> None:
     output_dir = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train_net.py"),
-         "--config-file", str(REPO_ROOT / "configs" / "retinanet_R101_FPN.yaml"),
-         "OUTPUT_DIR", str(output_dir)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "train_net.py", "--config-file", "configs/retinanet_R101_FPN.yaml",
+         *flags, "OUTPUT_DIR", str(output_dir)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
         env={"DETECTRON2_DATASETS": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2, result.stderr

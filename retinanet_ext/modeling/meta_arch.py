@@ -285,11 +285,10 @@ def reduced_precision_layout(network_dtype: torch.dtype, device: str) -> bool:
     on by itself: the network runs in reduced precision, whose convolutions are fastest in that
     layout.
 
-    CPU: bfloat16 (or auto) where the CPU has native bf16 (R50-FPN inference at 512x768: bf16
-    0.63x Detectron2's float32 time, bf16 + channels-last 0.34x;
-    benchmarks/results/model_cpu_precision.md). CUDA: float16, bfloat16 or auto (tensor cores
-    read NHWC; H100, R50/R101-FPN 800x1333: inference at batch 8 1.02-1.14x and the AMP
-    training step 1.17-1.22x the speed of NCHW; benchmarks/results/model_gpu.md).
+    CPU: bfloat16 (or auto) where the CPU has native bf16, where channels-last makes bf16
+    inference markedly faster still. CUDA: float16, bfloat16 or auto (tensor cores read NHWC:
+    faster inference and training steps). Measured in docs/benchmarks.md
+    (benchmarks/results/model_cpu_precision.md, model_gpu.md).
     """
     # A CPU only gets bfloat16 where it has native bf16 (resolve_precision refuses or falls
     # back to float32 elsewhere), so reduced precision there is always the fast kind.

@@ -5,9 +5,10 @@ head (the convolutions, where the time goes); anchors, box decoding, top-k, NMS 
 losses always run in float32 on float32 predictions.
 
 bfloat16 on a CPU is fast only where the CPU has native bf16 instructions (AVX512-BF16 or
-AMX-BF16): elsewhere PyTorch emulates it, about 400x slower than float32 for a convolution on
-an AVX2-only CPU. So "bfloat16" is refused on such a CPU, with the alternatives, and "auto"
-falls back to float32 there with a warning; nothing runs emulated bf16 silently.
+AMX-BF16): elsewhere PyTorch emulates it, orders of magnitude slower than float32 for a
+convolution on an AVX2-only CPU (docs/benchmarks.md). So "bfloat16" is refused on such a
+CPU, with the alternatives, and "auto" falls back to float32 there with a warning; nothing runs
+emulated bf16 silently.
 """
 
 from __future__ import annotations
