@@ -10,7 +10,8 @@
     python train_net.py --demo          # the built-in default: synthetic data, ~5 min on CPU
 
 Flags are Detectron2's (``default_argument_parser``) plus ``--dataset``,
-``--check-data`` and ``--demo``; trailing ``KEY VALUE`` pairs override the config.
+``--check-data``, ``--skip-bad-images`` and ``--demo``; trailing ``KEY VALUE`` pairs override
+the config.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ from retinanet_ext.engine import (
     MissingDatasetError,
     Trainer,
     TrainingDivergedError,
+    check_datasets_at_start,
     check_datasets_available,
     configure_cpu_threads,
     evaluate,
     load_config,
     load_weights,
+    prepare_datasets,
     resolve_device,
 )
 
@@ -67,6 +70,13 @@ def build_parser():
         "--check-data",
         action="store_true",
         help="validate DATASETS.TRAIN and DATASETS.TEST, print a summary, do not train",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="drop images that cannot be decoded (or are over INPUT.MAX_IMAGE_PIXELS) with "
+        "their annotations, listed in the summary and OUTPUT_DIR/dropped_images.txt, instead "
+        "of stopping (sets DATALOADER.SKIP_BAD_IMAGES True)",
     )
     parser.add_argument(
         "--demo",
@@ -116,6 +126,7 @@ def setup(args) -> CfgNode:
     if not args.eval_only or cfg.MODEL.RETINANET_EXT.ANCHORS_FROM_DATA:
         datasets = list(cfg.DATASETS.TRAIN) + datasets
     check_datasets_available(datasets)
+    prepare_datasets(cfg, datasets)  # unusable images stop the run here, or are dropped
     try:
         check_num_classes(cfg, datasets)
         anchors = resolve_anchors_from_data(cfg)
@@ -131,6 +142,8 @@ def setup(args) -> CfgNode:
     if anchors is not None:
         logger.info("Anchors from the training data (MODEL.RETINANET_EXT.ANCHORS_FROM_DATA): %s",
                     anchors.summary())
+    if comm.is_main_process():  # background images per split, train/test leakage
+        check_datasets_at_start(cfg, training=not args.eval_only)
     return cfg
 
 
@@ -182,6 +195,8 @@ def cli(argv: list[str] | None = None) -> int:
     # has installed them already; elsewhere this entry point does: docs/compat.md).
     compat.apply()
     args = build_parser().parse_args(argv)
+    if args.skip_bad_images:
+        args.opts = [*args.opts, "DATALOADER.SKIP_BAD_IMAGES", "True"]
     try:
         check_flags(args)
         if args.demo:

@@ -37,6 +37,8 @@ from typing import Any
 from detectron2.config import CfgNode, get_cfg
 from detectron2.utils.logger import log_first_n
 
+from retinanet_ext.structures import DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = [
     "DETECTRON2_RETINANET_COMPONENTS",
     "RENAMED_KEYS",
@@ -78,7 +80,9 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
 
     All of them sit in one node, ``MODEL.RETINANET_EXT``, the engine's keys too: it held all
     but five of them, and every shipped and saved config names it, so moving those five
-    broke least. ``DEMO.*`` (:func:`_add_demo_config`) is the demo's data set, not a setting.
+    broke least. ``DEMO.*`` (:func:`_add_demo_config`) is the demo's data set, not a setting;
+    the keys of image reading and of the training set's make-up join Detectron2's own
+    ``INPUT`` and ``DATALOADER`` nodes beside their kin (:func:`_add_data_config`).
     """
     cfg.MODEL.RETINANET_EXT = CfgNode()
     ext = cfg.MODEL.RETINANET_EXT
@@ -132,7 +136,8 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     ext.PRECISION = "float32"
     # Channels-last memory layout for the backbone, head and input batch (float32 outputs
     # equal to rounding, not bit for bit; see benchmarks/results for where it is faster).
-    # On whatever this says with bfloat16 on a CPU and float16/bfloat16 on CUDA (measured faster).
+    # On whatever this says with bfloat16 on a CPU and float16/bfloat16 on CUDA (faster there:
+    # docs/benchmarks.md).
     ext.CHANNELS_LAST = False
     # torch.compile the backbone and head (not the post-processing, whose shapes vary): the
     # first forward at each new input shape compiles (tens of seconds on a CPU).
@@ -183,6 +188,7 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
     ext.EMA.DECAY = 0.9998
     ext.EMA.WARMUP_ITERS = 2000
 
+    _add_data_config(cfg)
     _add_demo_config(cfg)
     # load_config reads the old names; a merge of one's own gets yacs' "Key ... was renamed
     # to ..." error instead of "Non-existent config key" (a file's old node, an override's key).
@@ -190,6 +196,23 @@ def add_retinanet_ext_config(cfg: CfgNode) -> CfgNode:
         if not cfg.key_is_renamed(old_name):
             cfg.register_renamed_key(old_name, new_name)
     return cfg
+
+
+def _add_data_config(cfg: CfgNode) -> None:
+    """Keys added to Detectron2's ``INPUT`` and ``DATALOADER`` nodes: how image files are read
+    (retinanet_ext/structures.py, data/mapper.py) and which images go into training."""
+    # Image files whose header declares more pixels are refused before a pixel is decoded,
+    # naming the file (a decompression bomb, or a scan too large to train on): Pillow's own
+    # warning threshold, about 9459 x 9459. 0: no limit.
+    cfg.INPUT.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+    # Images that cannot be decoded (or are over INPUT.MAX_IMAGE_PIXELS) are dropped with
+    # their annotations, listed in the summary and in OUTPUT_DIR/dropped_images.txt, instead
+    # of stopping the run at start (train_net.py --skip-bad-images sets it).
+    cfg.DATALOADER.SKIP_BAD_IMAGES = False
+    # Share (0-1) of the training images without boxes (background) kept in training, drawn
+    # at random (seed: SEED, or 0 where SEED < 0). -1: DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    # decides, as in Detectron2 (its default, True, drops them all).
+    cfg.DATALOADER.BACKGROUND_SHARE = -1.0
 
 
 def _add_demo_config(cfg: CfgNode) -> None:

@@ -28,7 +28,12 @@ from detectron2.config import CfgNode
 
 from retinanet_ext.engine import load_config, load_weights, resolve_device
 from retinanet_ext.engine.metadata import ModelMetadata, resolve_metadata
-from retinanet_ext.structures import Detections, ImageReadError, load_image_rgb
+from retinanet_ext.structures import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Detections,
+    ImageReadError,
+    load_image_rgb,
+)
 
 __all__ = ["Detections", "ImageReadError", "Predictor"]
 
@@ -124,6 +129,8 @@ class Predictor:
         self.score_thresh = (cfg.MODEL.RETINANET.SCORE_THRESH_TEST if score_thresh is None
                              else float(score_thresh))
         self.batch_size = max(1, int(batch_size))
+        # INPUT.MAX_IMAGE_PIXELS, where the config has it (one saved before it existed: the default)
+        self.max_pixels = cfg.INPUT.get("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS) or None
 
     @property
     def device(self) -> torch.device:
@@ -157,25 +164,22 @@ class Predictor:
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         results: list[Detections] = []
         for start in range(0, len(items), self.batch_size):
-            loaded = [self.load(item, rgb) for item in items[start:start + self.batch_size]]
+            loaded = [self.load(item, rgb, max_pixels=self.max_pixels)
+                      for item in items[start:start + self.batch_size]]
             results.extend(self._predict_batch(loaded, thresh))
         return results[0] if single else results
 
     @staticmethod
-    def load(image: ImageInput, rgb: bool = False) -> tuple[np.ndarray, str | None]:
+    def load(image: ImageInput, rgb: bool = False, *,
+             max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str | None]:
         """An input as np.ndarray[H, W, 3] uint8 RGB and its path (None if not a path).
 
-        Files are read by Detectron2's ``read_image`` (EXIF orientation applied).
+        Files are read as training reads them (:func:`~retinanet_ext.structures.read_image_file`:
+        EXIF orientation applied, as Detectron2's ``read_image`` does; every common kind as
+        8-bit RGB; a truncated file as far as it goes, with a warning; more than
+        ``max_pixels`` refused before decoding).
         """
-        from detectron2.data.detection_utils import read_image
-
-        if isinstance(image, str | os.PathLike):
-            path = os.fspath(image)
-            try:
-                return np.ascontiguousarray(read_image(path, format="RGB")), path
-            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for bad files
-                raise ImageReadError(f"{path}: cannot read image ({error})") from error
-        return load_image_rgb(image, rgb)
+        return load_image_rgb(image, rgb, max_pixels=max_pixels)
 
     def preprocess(self, image_rgb: np.ndarray) -> dict[str, Any]:
         """The model's input dict for one RGB uint8 image (``DefaultPredictor``'s steps)."""

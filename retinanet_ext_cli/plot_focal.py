@@ -137,11 +137,13 @@ def _figure4(args: argparse.Namespace, gammas: tuple[float, ...]) -> dict[str, A
 
 def _input_batches(cfg: Any, name: str, max_images: int) -> Iterator[list[dict]]:
     """The dataset's first images, one per batch, resized as at test time and with their
-    ground truth (Detectron2's ``DatasetMapper`` in training mode with the test resize)."""
-    from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils
+    ground truth (the trainer's ``ImageDatasetMapper`` in training mode, test resize)."""
+    from detectron2.data import DatasetCatalog, detection_utils
 
-    mapper = DatasetMapper(cfg, is_train=True,
-                           augmentations=detection_utils.build_augmentation(cfg, is_train=False))
+    from retinanet_ext.data.mapper import ImageDatasetMapper
+
+    mapper = ImageDatasetMapper(
+        cfg, is_train=True, augmentations=detection_utils.build_augmentation(cfg, is_train=False))
     dataset_dicts = DatasetCatalog.get(name)[:max_images]
     step = max(1, len(dataset_dicts) // 5)
     for done, dataset_dict in enumerate(dataset_dicts, start=1):

@@ -7,9 +7,10 @@ Draws N images of ``DATASETS.TRAIN`` (or of the ``--dataset`` specs), picked at 
 with ``--seed``, with the same drawing code as predictions
 (:func:`retinanet_ext.visualization.draw_boxes`), as validated (boxes clipped, bad ones
 dropped); crowd regions are not drawn (training never uses them). With ``--augment``
-each image goes through the training data mapper first (Detectron2's ``DatasetMapper``
-with ``is_train=True``, which the trainer uses: the training resize and random flip), so
-the picture is what the model is trained on. Writes ``DIR/<n>_<dataset>_<image>.png``.
+each image goes through the training data mapper first (the trainer's
+``ImageDatasetMapper``, Detectron2's ``DatasetMapper`` with ``is_train=True`` reading images
+as the Predictor does: the training resize and random flip), so the picture is what the
+model is trained on. Writes ``DIR/<n>_<dataset>_<image>.png``.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def _picked(dataset_names: list[str], num: int, seed: int) -> list[tuple[str, di
 def _as_drawn(record: dict[str, Any], mapper: Any, input_format: str) -> tuple[Any, Any, Any]:
     """(RGB uint8 image, XYXY boxes, class ids) of a record, through ``mapper`` if given."""
     import numpy as np
-    from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+    from detectron2.data.detection_utils import convert_image_to_rgb
     from detectron2.structures import BoxMode
+
+    from retinanet_ext.structures import load_image_rgb
 
     if mapper is not None:
         mapped = mapper(record)
@@ -67,7 +70,7 @@ def _as_drawn(record: dict[str, Any], mapper: Any, input_format: str) -> tuple[A
     annotations = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
     boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
              for a in annotations]
-    return (read_image(record["file_name"], format="RGB"),
+    return (load_image_rgb(record["file_name"], max_pixels=None)[0],  # as training reads it
             np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
             np.asarray([a["category_id"] for a in annotations], dtype=np.int64))
 
@@ -79,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--num must be at least 1, got {args.num}")
 
     import numpy as np
-    from detectron2.data import DatasetMapper
     from PIL import Image
 
     from retinanet_ext.data import dataset_classes, register_dataset_spec
+    from retinanet_ext.data.mapper import ImageDatasetMapper
     from retinanet_ext.engine import load_config
     from retinanet_ext.visualization import draw_boxes
 
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         raise CommandError("no datasets: DATASETS.TRAIN is empty; pass --dataset")
     np.random.seed(args.seed)  # Detectron2's augmentations draw from NumPy's generator
-    mapper = DatasetMapper(cfg, is_train=True) if args.augment else None
+    mapper = ImageDatasetMapper(cfg, is_train=True) if args.augment else None
     os.makedirs(args.output, exist_ok=True)
     written = []
     for number, (name, record) in enumerate(_picked(names, args.num, args.seed)):

@@ -166,16 +166,19 @@ def test_corrupt_image_names_the_file(new_name, tmp_path):
         validate_dataset(name)
 
 
-def test_truncated_image_found_by_full_decode(new_name, tmp_path):
+def test_truncated_image_is_found_by_its_end_and_read(new_name, tmp_path, caplog):
     noise = Image.effect_noise((200, 150), 64).convert("RGB")  # incompressible: a long body
     noise.save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "boxes.csv").write_text("cut.jpg,1,1,9,9,dog\n")
     name = register_csv_dataset(new_name("csv"), str(tmp_path / "boxes.csv"))
-    assert validate_dataset(name).num_images == 1  # the header is intact
-    with pytest.raises(DatasetError, match=r"(?s)1 images cannot be decoded.*cut\.jpg.*truncated"):
-        validate_dataset(name, decode_images=True)
+    with caplog.at_level(logging.WARNING, logger="retinanet_ext.data"):
+        summary = validate_dataset(name)
+    assert summary.num_images == 1 and summary.truncated_images == [str(tmp_path / "cut.jpg")]
+    assert [w for w in _warnings(caplog) if "truncated" in w and "cut.jpg" in w]
+    assert validate_dataset(name, decode_images=True).truncated_images == [  # not twice
+        str(tmp_path / "cut.jpg")]
 
 
 def test_png_named_jpg_is_read_by_content(new_name, tmp_path, caplog):

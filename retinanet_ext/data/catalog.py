@@ -6,14 +6,22 @@ are Detectron2 dataset dicts that have not been validated yet. :func:`register_v
 puts it in Detectron2's ``DatasetCatalog``; on first use the raw loader runs, the records
 go through :func:`.validation.validate_records`, and the result is cached, so warnings
 are logged once and later ``DatasetCatalog.get`` calls are cheap.
+
+Images that cannot be used (no image, undecodable; or over a config's pixel limit) stop
+the run at the first ``DatasetCatalog.get`` or :func:`validate_dataset`, naming them,
+unless :func:`validate_dataset` was told to drop them (``skip_bad_images``, the config's
+``DATALOADER.SKIP_BAD_IMAGES``): then they are left out with their annotations, listed in
+the summary's ``dropped_images``, and the evaluator leaves their ground truth out too
+(:func:`dropped_image_ids`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from detectron2.config import CfgNode
@@ -24,9 +32,14 @@ from retinanet_ext.data.formats import FORMAT_METADATA_KEY, get_format
 from retinanet_ext.data.validation import (
     DatasetError,
     DatasetSummary,
+    UnreadableImageError,
     decode_image,
+    log_truncated,
     validate_records,
 )
+from retinanet_ext.structures import DEFAULT_MAX_IMAGE_PIXELS
+
+logger = logging.getLogger("retinanet_ext.data")
 
 RawLoader = Callable[[], tuple[list[dict[str, Any]], list[str], dict[str, Any]]]
 """Returns (unvalidated records, thing_classes, extra metadata set once loaded)."""
@@ -39,6 +52,9 @@ class _Registration:
     load_raw: RawLoader
     records: list[dict[str, Any]] | None = None
     summary: DatasetSummary | None = None
+    fully_decoded: bool = False  # every image decoded once (validate_dataset's decode_images)
+    image_ids: dict[str, Any] = field(default_factory=dict)  # file_name -> image_id, all
+    dropped_ids: set = field(default_factory=set)  # image_id of the dropped records
 
 
 _REGISTRATIONS: dict[str, _Registration] = {}
@@ -86,6 +102,8 @@ def register_validated(
 
     def load() -> list[dict[str, Any]]:
         _ensure_loaded(name)
+        if registration.summary.bad_images:  # unless validate_dataset dropped them
+            raise DatasetError(_unusable_message(name, registration.summary.bad_images))
         # The cache must survive callers that edit the dicts they get.
         return copy.deepcopy(registration.records)
 
@@ -104,6 +122,7 @@ def _ensure_loaded(name: str) -> _Registration:
         )
         MetadataCatalog.get(name).set(thing_classes=list(thing_classes), **extra_metadata)
         registration.records, registration.summary = records, summary
+        registration.image_ids = {str(r["file_name"]): r.get("image_id") for r in raw_records}
     return registration
 
 
@@ -144,7 +163,13 @@ def _validated(name: str) -> tuple[list[dict[str, Any]], DatasetSummary]:
     return validate_records(name, records, thing_classes, source="registered elsewhere")
 
 
-def validate_dataset(name: str, *, decode_images: bool = False) -> DatasetSummary:
+def validate_dataset(
+    name: str,
+    *,
+    decode_images: bool = False,
+    skip_bad_images: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> DatasetSummary:
     """Load and validate dataset ``name`` now, and return its summary.
 
     For datasets registered by this package the result is the cached one (validation runs
@@ -153,27 +178,102 @@ def validate_dataset(name: str, *, decode_images: bool = False) -> DatasetSummar
 
     Args:
         name: a registered dataset name.
-        decode_images: also decode every image fully, to find truncated or corrupt image
-            bodies that a header check misses (much slower: every pixel is decoded).
+        decode_images: also decode every image fully, to find corrupt image bodies that
+            the header and end checks miss (much slower: every pixel is decoded).
+        skip_bad_images: drop the images that cannot be used (and those over
+            ``max_pixels``) with their annotations, listed in the summary's
+            ``dropped_images``, instead of raising; for this package's datasets, from then
+            on.
+        max_pixels: images declaring more pixels cannot be used; None: no limit.
 
     Raises:
-        DatasetError: the dataset is not registered, or an annotation or image is unusable.
+        DatasetError: the dataset is not registered, an annotation is unusable, or an image
+            is unusable and not dropped.
     """
     records, summary = _validated(name)
-    if decode_images:
-        failures = []
-        for record in records:
-            try:
-                decode_image(record["file_name"])
-            except DatasetError as error:
-                failures.append(str(error))
-        if failures:
-            shown = "\n  ".join(failures[:10])
-            more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-            raise DatasetError(
-                f"Dataset '{name}': {len(failures)} images cannot be decoded:\n  {shown}{more}"
-            )
+    registration = _REGISTRATIONS.get(name)
+    if decode_images and not (registration and registration.fully_decoded):
+        records = _decode_all(name, records, summary)
+        if registration is not None:
+            registration.records, registration.fully_decoded = records, True
+    unusable = dict(summary.bad_images)
+    unusable.update(_over_pixel_limit(records, max_pixels))
+    if unusable and not skip_bad_images:
+        raise DatasetError(_unusable_message(name, unusable))
+    if unusable and registration is not None:
+        _drop(registration, unusable)
     return summary
+
+
+def _decode_all(name: str, records: list[dict[str, Any]],
+                summary: DatasetSummary) -> list[dict[str, Any]]:
+    """The records whose image decodes fully; the others go to ``summary.bad_images``,
+    newly found truncated files to ``summary.truncated_images`` (one warning)."""
+    kept, truncated = [], []
+    for record in records:
+        file_name = record["file_name"]
+        try:
+            if decode_image(file_name) and file_name not in summary.truncated_images:
+                truncated.append(file_name)
+        except UnreadableImageError as error:
+            summary.bad_images[file_name] = str(error)
+            summary.forget(record)
+            continue
+        kept.append(record)
+    summary.truncated_images.extend(truncated)
+    log_truncated(name, truncated)
+    return kept
+
+
+def _over_pixel_limit(records: list[dict[str, Any]], max_pixels: int | None) -> dict[str, str]:
+    if not max_pixels:
+        return {}
+    return {
+        record["file_name"]: (
+            f"{record['width']}x{record['height']} = {record['width'] * record['height']:,} "
+            f"pixels, over the limit of {max_pixels:,} (INPUT.MAX_IMAGE_PIXELS): refused "
+            "before decoding, as a possible decompression bomb")
+        for record in records
+        if "width" in record and "height" in record
+        and record["width"] * record["height"] > max_pixels
+    }
+
+
+def _drop(registration: _Registration, unusable: dict[str, str]) -> None:
+    """Leave the unusable images of a registration out from now on, with their records."""
+    summary = registration.summary
+    for record in [r for r in registration.records if r["file_name"] in unusable]:
+        summary.forget(record)
+    registration.dropped_ids.update(registration.image_ids.get(f) for f in unusable)
+    registration.records = [r for r in registration.records if r["file_name"] not in unusable]
+    summary.dropped_images.update(unusable)
+    summary.bad_images.clear()
+    logger.warning("Dataset '%s': %d images dropped with their annotations "
+                   "(DATALOADER.SKIP_BAD_IMAGES):\n%s", summary.name, len(unusable),
+                   "\n".join(_describe_files(unusable)))
+
+
+def dropped_image_ids(name: str) -> set:
+    """The ``image_id`` of the images dropped from dataset ``name`` (see
+    :func:`validate_dataset`'s ``skip_bad_images``): the evaluator leaves them out of the
+    ground truth. Empty for datasets this package did not register."""
+    registration = _REGISTRATIONS.get(name)
+    return set(registration.dropped_ids) if registration else set()
+
+
+def _describe_files(reasons: dict[str, str], limit: int = 10) -> list[str]:
+    shown = [f"  {why}" if path in why else f"  {path}: {why}"
+             for path, why in list(reasons.items())[:limit]]
+    if len(reasons) > limit:
+        shown.append(f"  ... and {len(reasons) - limit} more")
+    return shown
+
+
+def _unusable_message(name: str, unusable: dict[str, str]) -> str:
+    return (f"Dataset '{name}': {len(unusable)} images cannot be used (not an image, cannot "
+            "be decoded, or too large):\n" + "\n".join(_describe_files(unusable))
+            + "\nReplace or remove them, or drop them with their annotations: train_net.py "
+            "--skip-bad-images (DATALOADER.SKIP_BAD_IMAGES True).")
 
 
 def validated_boxes(name: str) -> GroundTruthBoxes:
@@ -196,6 +296,7 @@ def check_data(
     decode_images: bool = True,
     file: TextIO | None = None,
     cfg: CfgNode | None = None,
+    skip_bad_images: bool | None = None,
 ) -> list[DatasetSummary]:
     """Validate datasets and print a summary table for each; used by ``--check-data``.
 
@@ -205,7 +306,12 @@ def check_data(
         file: where the tables are printed; standard output by default.
         cfg: with a config, each table also gives per-class box sizes (min / median / max
             of sqrt(area)) after its test-time resize (``INPUT.MIN_SIZE_TEST`` /
-            ``MAX_SIZE_TEST``).
+            ``MAX_SIZE_TEST``), images are checked against its ``INPUT.MAX_IMAGE_PIXELS``,
+            and the splits' report follows (background images, images in both the training
+            and the test sets: :func:`.split_checks.split_report`).
+        skip_bad_images: drop unusable images instead of stopping (see
+            :func:`validate_dataset`); by default the config's ``DATALOADER.SKIP_BAD_IMAGES``
+            (False without a config).
 
     Returns:
         One :class:`DatasetSummary` per name, in order.
@@ -213,15 +319,52 @@ def check_data(
     if isinstance(names, str):
         names = [names]
     out = file if file is not None else sys.stdout
+    names = list(names)
+    policy = image_policy(cfg)
+    if skip_bad_images is not None:
+        policy["skip_bad_images"] = skip_bad_images
     summaries = []
     for name in names:
-        summary = validate_dataset(name, decode_images=decode_images)
+        summary = validate_dataset(name, decode_images=decode_images, **policy)
         print(summary.table(), file=out)
         if cfg is not None:
             print(box_size_table(validated_boxes(name), summary.thing_classes,
                                  cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST), file=out)
         summaries.append(summary)
+    if cfg is not None:  # of the datasets checked here
+        from retinanet_ext.data.split_checks import split_report
+
+        view = cfg.clone()
+        view.defrost()
+        view.DATASETS.TRAIN = [n for n in cfg.DATASETS.TRAIN if n in names]
+        view.DATASETS.TEST = [n for n in cfg.DATASETS.TEST if n in names]
+        print(split_report(view), file=out)
     return summaries
+
+
+def image_policy(cfg: CfgNode | None) -> dict[str, Any]:
+    """:func:`validate_dataset`'s ``skip_bad_images`` and ``max_pixels`` from a config's
+    ``DATALOADER.SKIP_BAD_IMAGES`` and ``INPUT.MAX_IMAGE_PIXELS`` (0: no limit); the defaults
+    without a config or where it lacks them."""
+    if cfg is None:
+        return {"skip_bad_images": False, "max_pixels": DEFAULT_MAX_IMAGE_PIXELS}
+    return {"skip_bad_images": bool(cfg.DATALOADER.get("SKIP_BAD_IMAGES", False)),
+            "max_pixels": cfg.INPUT.get("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS) or None}
+
+
+def cached_summary(name: str) -> DatasetSummary | None:
+    """The summary of a dataset this package registered, if it has been loaded; else None."""
+    registration = _REGISTRATIONS.get(name)
+    return registration.summary if registration is not None else None
+
+
+def prepare_dataset(name: str, cfg: CfgNode) -> DatasetSummary | None:
+    """Apply a config's image policy (:func:`image_policy`) to a dataset this package
+    registered, before anything loads it: unusable images stop the run here, or are dropped.
+    None for a dataset registered elsewhere (Detectron2's built-in COCO, ...), left as it is."""
+    if name not in _REGISTRATIONS:
+        return None
+    return validate_dataset(name, **image_policy(cfg))
 
 
 def dataset_classes(name: str) -> list[str]:

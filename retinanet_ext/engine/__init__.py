@@ -1,6 +1,7 @@
 """Training and evaluation: Detectron2's trainer and evaluator, driven by our config."""
 
 from retinanet_ext.engine.config_checks import check_config
+from retinanet_ext.engine.dataset_checks import check_datasets_at_start, prepare_datasets
 from retinanet_ext.engine.guard import TrainingDivergedError
 from retinanet_ext.engine.setup import (
     ConfigError,
@@ -20,10 +21,12 @@ __all__ = [
     "TrainingDivergedError",
     "available_cpus",
     "check_config",
+    "check_datasets_at_start",
     "check_datasets_available",
     "configure_cpu_threads",
     "evaluate",
     "load_config",
     "load_weights",
+    "prepare_datasets",
     "resolve_device",
 ]

@@ -133,6 +133,18 @@ def _check_solver(cfg: CfgNode) -> None:
         _in_range(cfg, "MODEL.RETINANET_EXT.NUM_THREADS", 0, None, integer=True)
 
 
+def _check_data(cfg: CfgNode) -> None:
+    """The keys retinanet_ext adds to ``INPUT`` / ``DATALOADER`` (a config with them)."""
+    if "MAX_IMAGE_PIXELS" in cfg.INPUT:
+        _in_range(cfg, "INPUT.MAX_IMAGE_PIXELS", 0, None, integer=True)
+    if "BACKGROUND_SHARE" in cfg.DATALOADER:
+        share = _number(cfg, "DATALOADER.BACKGROUND_SHARE")
+        if share != -1 and not 0.0 <= share <= 1.0:
+            raise ConfigError("DATALOADER.BACKGROUND_SHARE must be in [0, 1] (the share of "
+                              "training images without boxes kept) or -1 (FILTER_EMPTY_"
+                              f"ANNOTATIONS decides), found {share!r}")
+
+
 def _warn_ignored_rcnn_keys(cfg: CfgNode) -> None:
     defaults = get_cfg()
     architecture = cfg.MODEL.META_ARCHITECTURE
@@ -164,5 +176,6 @@ def check_config(cfg: CfgNode) -> None:
         _check_retinanet(cfg)
         _warn_ignored_rcnn_keys(cfg)
     _check_solver(cfg)
+    _check_data(cfg)
     # Beside yacs' own flags (IMMUTABLE, ...): travels with clone(), never in dump().
     cfg.__dict__[_CHECKED] = values

@@ -13,12 +13,16 @@ from typing import Any
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from retinanet_ext.checkpoint import CheckpointError, RetinaNetExtCheckpointer, load_weights
+from retinanet_ext.data.mapper import ImageDatasetMapper
+from retinanet_ext.data.split_checks import training_dataset_dicts
 from retinanet_ext.engine.config_checks import ConfigError, check_config
+from retinanet_ext.engine.dataset_checks import prepare_datasets
 from retinanet_ext.engine.ema import add_ema_hooks
 from retinanet_ext.engine.guard import NonFiniteGuard, quiet_divergence_traceback
 from retinanet_ext.engine.metadata import attach_metadata
@@ -65,7 +69,9 @@ class Trainer(DefaultTrainer):
     numbers from the fastest backend installed (``$RETINANET_EXT_COCO_EVAL`` forces one),
     per-class AP50 and precision-recall curves, and no detections reported in words.
 
-    Also: the config is checked before anything is built; checkpoints are read safely and
+    Images are read as the Predictor reads them, unusable ones refused or dropped at start
+    (:meth:`build_train_loader`, :meth:`build_test_loader`). Also: the config is checked
+    before anything is built; checkpoints are read safely and
     written atomically by :class:`~retinanet_ext.checkpoint.RetinaNetExtCheckpointer`
     (``--resume`` skips a damaged newest one; ``MODEL.RETINANET_EXT.CHECKPOINT_MAX_TO_KEEP``);
     a NaN/Inf loss or gradient stops training with
@@ -118,8 +124,23 @@ class Trainer(DefaultTrainer):
         return None
 
     @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        """Detectron2's training loader, its images read by
+        :class:`~retinanet_ext.data.mapper.ImageDatasetMapper` (every common kind, truncated
+        files, ``INPUT.MAX_IMAGE_PIXELS``), unusable images stopping the run or dropped
+        (``DATALOADER.SKIP_BAD_IMAGES``) and ``DATALOADER.BACKGROUND_SHARE`` of the images
+        without boxes (:func:`~retinanet_ext.data.split_checks.training_dataset_dicts`)."""
+        prepare_datasets(cfg, cfg.DATASETS.TRAIN)
+        return build_detection_train_loader(cfg, mapper=ImageDatasetMapper(cfg, is_train=True),
+                                            dataset=training_dataset_dicts(cfg))
+
+    @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> ProgressLoader:
-        return ProgressLoader(super().build_test_loader(cfg, dataset_name), dataset_name)
+        """Detectron2's test loader with the training loader's image reading and policy."""
+        prepare_datasets(cfg, [dataset_name])
+        loader = build_detection_test_loader(
+            cfg, dataset_name, mapper=ImageDatasetMapper(cfg, is_train=False))
+        return ProgressLoader(loader, dataset_name)
 
     @classmethod
     def build_evaluator(

@@ -32,6 +32,7 @@ from detectron2.utils.logger import create_small_table
 from tabulate import tabulate
 
 from retinanet_ext.data import DatasetError
+from retinanet_ext.data.catalog import dropped_image_ids
 from retinanet_ext.evaluation.backends import evaluate_boxes, resolve_backend
 from retinanet_ext.evaluation.metrics import (
     SUMMARY_METRICS,
@@ -221,7 +222,8 @@ class COCOBoxEvaluator(DatasetEvaluator):
 
 def load_coco_ground_truth(dataset_name: str) -> dict[str, Any]:
     """The dataset's ground truth as a COCO dict: its ``json_file``, or converted from the
-    records in ``DatasetCatalog`` (Detectron2's ``convert_to_coco_dict``, in memory).
+    records in ``DatasetCatalog`` (Detectron2's ``convert_to_coco_dict``, in memory). Images
+    dropped from the dataset (``DATALOADER.SKIP_BAD_IMAGES``) are left out of it.
 
     Raises:
         DatasetError: ``json_file`` is missing, not JSON, or not a COCO dataset dict.
@@ -239,4 +241,11 @@ def load_coco_ground_truth(dataset_name: str) -> dict[str, Any]:
     if not isinstance(ground_truth, dict) or not isinstance(ground_truth.get("images"), list):
         raise DatasetError(f"annotation file {json_file} of dataset {dataset_name!r} is not "
                            "a COCO dataset (a JSON object with an 'images' list)")
+    dropped = dropped_image_ids(dataset_name)
+    if dropped:  # left out of the data (DATALOADER.SKIP_BAD_IMAGES): never seen, not missed
+        ground_truth = {**ground_truth, "images": [
+            i for i in ground_truth["images"] if i.get("id") not in dropped]}
+        if "annotations" in ground_truth:
+            ground_truth["annotations"] = [a for a in ground_truth["annotations"]
+                                           if a.get("image_id") not in dropped]
     return ground_truth
