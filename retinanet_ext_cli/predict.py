@@ -6,11 +6,14 @@
 Writes, under ``--output``: ``predictions.json`` (COCO results format, one entry per
 detection, plus ``file_name`` and ``category_name``; ``category_id`` is the model's
 0-based class index), ``<image>.png`` per input with the boxes drawn,
-``predictions.csv`` with ``--csv``, and ``summary.json`` (images, detection counts,
-skipped files). Images that cannot be read are named on stderr and skipped; the rest are
-processed. Exit status: 0 when every input was processed, 1 when some were skipped (the
-outputs for the others are written: a script sees the partial failure without parsing
-the output), 2 for usage errors (bad config, checkpoint or model, no input image at all).
+``predictions.csv`` with ``--csv``, ``labels/FORMAT/`` with ``--save-labels FORMAT`` (the
+detections as annotations to correct in a labelling tool: COCO, YOLO, Pascal VOC, CVAT or
+Label Studio; :mod:`retinanet_ext.data.label_writers`), and ``summary.json`` (images,
+detection counts, skipped files, labels written). Images that cannot be read are named
+on stderr and skipped; the rest are processed. Exit status: 0 when every input was
+processed, 1 when some were skipped (the outputs for the others are written: a script
+sees the partial failure without parsing the output), 2 for usage errors (bad config,
+checkpoint or model, no input image at all, an unknown --save-labels format).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from retinanet_ext_cli import CommandError, add_config_arguments
 HELP = "detect objects in images: predictions.json, drawn images, optional CSV"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The keys of retinanet_ext.data.label_writers.LABEL_WRITERS, for --help without importing it
+# (tests/test_save_labels.py checks they agree).
+LABEL_FORMATS = ("coco", "yolo", "voc", "cvat", "labelstudio")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +58,10 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
                         help="also write predictions.csv (file_name,x1,y1,x2,y2,class_name,"
                              "score)")
     parser.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    parser.add_argument("--save-labels", action="append", metavar="FORMAT", default=[],
+                        help="also write the detections as annotations to import into a "
+                             "labelling tool and correct, under OUTPUT/labels/FORMAT/: "
+                             f"{', '.join(LABEL_FORMATS)}; repeatable")
 
 
 def expand_inputs(patterns: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -126,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.input or not args.output:
         raise CommandError("--input and --output are required")
+    label_dirs = _label_dirs(args)
     paths, missing = expand_inputs(args.input)
     for pattern, reason in missing:
         print(f"warning: input {pattern}: {reason}", file=sys.stderr)
@@ -138,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[dict] = [{"file_name": p, "error": r} for p, r in missing]
     csv_rows: list[list] = []
     used_names: set[str] = set()
+    labeled: list[Any] = []  # LabeledImage, with --save-labels
     for path in tqdm(paths, desc="predict", unit="image", file=sys.stderr,
                      disable=None if len(paths) > 1 else True):
         try:
@@ -155,16 +167,62 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_draw:
             entry["drawn"] = _draw(model, image_rgb, detections, args.output, used_names)
         images.append(entry)
+        if label_dirs:
+            labeled.append(_labeled_image(detections))
         csv_rows.extend([path, *(round(v, 2) for v in box), name, round(score, 4)]
                         for box, name, score in zip(detections.boxes.tolist(),
                                                     detections.class_names,
                                                     detections.scores.tolist(), strict=True))
-    _write_outputs(args, model, detections_json, images, skipped, csv_rows)
+    labels = _write_labels(label_dirs, labeled, list(model.class_names))
+    _write_outputs(args, model, detections_json, images, skipped, csv_rows, labels)
     print(f"{len(images)} images, {len(detections_json)} detections -> "
           f"{os.path.join(args.output, 'predictions.json')}"
           + (f"; {len(skipped)} skipped: {', '.join(s['file_name'] for s in skipped)}"
              if skipped else ""))
+    for label_format, written in labels.items():
+        print(f"labels ({label_format}): {written['files']} files in {written['folder']}")
     return 1 if skipped else 0
+
+
+def _label_dirs(args: argparse.Namespace) -> dict[str, str]:
+    """``--save-labels`` as {format: OUTPUT/labels/FORMAT}, checked before the model runs:
+    known formats, and folders that hold no labels yet (corrections made there would be
+    overwritten)."""
+    if not args.save_labels:
+        return {}
+    from retinanet_ext.data.label_writers import LABEL_WRITERS
+
+    formats = list(dict.fromkeys(name.lower() for name in args.save_labels))
+    unknown = [name for name in formats if name not in LABEL_WRITERS]
+    if unknown:
+        raise CommandError(f"unknown --save-labels format {unknown[0]!r}; the formats: "
+                           f"{', '.join(LABEL_WRITERS)}")
+    folders = {name: os.path.join(args.output, "labels", name) for name in formats}
+    for folder in folders.values():
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise CommandError(f"{folder} holds files already (labels corrected there would be "
+                               "overwritten): give another --output, or delete the folder")
+    return folders
+
+
+def _labeled_image(detections: Any) -> Any:
+    from retinanet_ext.data.labeled_image import LabeledImage
+
+    height, width = detections.image_size
+    return LabeledImage(detections.file_name, width, height, detections.boxes,
+                        detections.class_ids, detections.scores)
+
+
+def _write_labels(folders: dict[str, str], labeled: list[Any],
+                  class_names: list[str]) -> dict[str, dict]:
+    """Each ``--save-labels`` format's files; {format: {"folder", "files"}} for the summary."""
+    from retinanet_ext.data.label_writers import LABEL_WRITERS
+
+    written = {}
+    for label_format, folder in folders.items():
+        paths = LABEL_WRITERS[label_format](labeled, class_names, folder)
+        written[label_format] = {"folder": folder, "files": len(paths)}
+    return written
 
 
 def _draw(model: Any, image_rgb: Any, detections: Any, output: str, used: set[str]) -> str:
@@ -180,7 +238,8 @@ def _draw(model: Any, image_rgb: Any, detections: Any, output: str, used: set[st
 
 
 def _write_outputs(args: argparse.Namespace, model: Any, detections: list[dict],
-                   images: list[dict], skipped: list[dict], csv_rows: list[list]) -> None:
+                   images: list[dict], skipped: list[dict], csv_rows: list[list],
+                   labels: dict[str, dict]) -> None:
     _write_json(os.path.join(args.output, "predictions.json"), detections)
     _write_json(os.path.join(args.output, "summary.json"), {
         "model": args.model or model.cfg.MODEL.WEIGHTS,
@@ -188,6 +247,7 @@ def _write_outputs(args: argparse.Namespace, model: Any, detections: list[dict],
         "score_thresh": model.score_thresh,
         "images": images,
         "skipped": skipped,
+        "labels": labels,
     })
     if args.csv:
         with open(os.path.join(args.output, "predictions.csv"), "w", newline="") as f:

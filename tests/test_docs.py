@@ -82,6 +82,15 @@ COMMAND_TESTS: dict[str, tuple[str, str]] = {
         "as written, tiny budget appended"),
     "retinanet-ext predict *": (
         "tests/test_cli_readme.py::test_readme_use_the_model_commands", "as written"),
+    "retinanet-ext predict --config-file configs/retinanet_R18_FPN_quick.yaml MODEL.WEIGHTS "
+    "output/bccd/model_final.pth --input \"../shared/datasets/bccd/BCCD/JPEGImages/"
+    "BloodImage_0002*.jpg\" --output output/bccd/to_label *": (
+        "tests/test_save_labels.py::test_docs_labelling_loop_commands",
+        "as written, on a tiny checkpoint (its architecture's options appended)"),
+    "python train_net.py --config-file configs/retinanet_R18_FPN_quick.yaml --dataset "
+    "bccd_more=cvat:*": (
+        "tests/test_save_labels.py::test_docs_labelling_loop_commands",
+        "as written on the files predict has just written, tiny budget appended"),
     "retinanet-ext export *": (
         "tests/test_cli_readme.py::test_readme_use_the_model_commands", "as written"),
     "retinanet-ext plot output/bccd *": (
@@ -121,6 +130,9 @@ COMMAND_TESTS: dict[str, tuple[str, str]] = {
     "--isa avx2 *": (
         "tests/test_export.py::test_bench_runtime_avx2_emulation_smoke",
         "the script with --isa avx2 at 96x128, one repeat"),
+    "./run python benchmarks/bench_formats.py": (
+        "tests/test_formats_labeltools.py::test_bench_formats_writes_its_table",
+        "the script on 12 images, one repeat"),
     "python benchmarks/bench_gpu.py": (
         "tests/test_benchmarks.py::test_bench_gpu_refuses_without_cuda_and_its_models_survive_float16",
         "as written on a CPU-only machine: it refuses, saying it needs CUDA"),

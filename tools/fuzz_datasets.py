@@ -9,8 +9,9 @@ warning naming a file, or be accepted as valid; a traceback (any exception other
     python tools/fuzz_datasets.py --formats coco csv --keep-failures out/
 
 Formats are those of :data:`FUZZ_TARGETS` that ``retinanet_ext.data`` registers (COCO JSON,
-Pascal VOC XML, CSV, YOLO): a target is a function writing a small valid dataset plus its
-structural mutations; to fuzz a new format, add one. Every case also may get byte-level
+Pascal VOC XML, CSV, YOLO, LabelMe JSON, CVAT XML, Label Studio JSON): a target is a
+function writing a small valid dataset plus its structural mutations; to fuzz a new format,
+add one. Every case also may get byte-level
 damage (truncation, garbage, NUL bytes, UTF-16/Latin-1 re-encoding, a BOM, emptiness).
 Images: 0 bytes, truncated JPEG/PNG, PNG content named .jpg, 1x1, CMYK, 16-bit, grayscale,
 text named .png. Prints one table row per format; exit status 1 if any traceback.
@@ -154,6 +155,56 @@ def build_yolo(root: Path) -> Base:
     return Base([str(data_yaml), "train"], [*labels, data_yaml], images)
 
 
+def build_labelme(root: Path) -> Base:
+    images = [write_image(root / f"{i}.jpg") for i in range(3)]
+    files = []
+    for i, boxes in enumerate(BOXES):
+        shapes = [{"label": CLASSES[k], "points": [[x0, y0], [x1, y1]], "group_id": None,
+                   "shape_type": "rectangle", "flags": {}} for x0, y0, x1, y1, k in boxes]
+        path = root / f"{i}.json"
+        path.write_text(json.dumps({"version": "5.4.1", "flags": {}, "shapes": shapes,
+                                    "imagePath": images[i].name, "imageData": None,
+                                    "imageHeight": 48, "imageWidth": 64}))
+        files.append(path)
+    return Base([str(root)], files, images)
+
+
+def build_cvat(root: Path) -> Base:
+    images = [write_image(root / "images" / f"{i}.jpg") for i in range(3)]
+    labels = "".join(f"<label><name>{n}</name><type>any</type><attributes/></label>"
+                     for n in CLASSES)
+    body = "".join(
+        f'<image id="{i}" name="{i}.jpg" width="64" height="48">' + "".join(
+            f'<box label="{CLASSES[k]}" occluded="0" xtl="{x0}" ytl="{y0}" xbr="{x1}" '
+            f'ybr="{y1}" z_order="0"/>' for x0, y0, x1, y1, k in boxes)
+        + "</image>" for i, boxes in enumerate(BOXES))
+    xml_file = root / "annotations.xml"
+    xml_file.write_text(f"<annotations><version>1.1</version><meta><task><name>fuzz</name>"
+                        f"<labels>{labels}</labels></task></meta>{body}</annotations>")
+    return Base([str(xml_file)], [xml_file], images)
+
+
+def build_labelstudio(root: Path) -> Base:
+    images = [write_image(root / "images" / name) for name in
+              ("0a1b2c3d-0.jpg", "1.jpg", "2.jpg")]
+    urls = ["/data/upload/1/0a1b2c3d-0.jpg", "/data/local-files/?d=images/1.jpg",
+            "https://example.com/2.jpg"]
+    tasks = []
+    for i, boxes in enumerate(BOXES):
+        results = [{"id": f"r{n}", "type": "rectanglelabels", "from_name": "label",
+                    "to_name": "image", "original_width": 64, "original_height": 48,
+                    "value": {"x": x0 / 64 * 100, "y": y0 / 48 * 100,
+                              "width": (x1 - x0) / 64 * 100, "height": (y1 - y0) / 48 * 100,
+                              "rotation": 0, "rectanglelabels": [CLASSES[k]]}}
+                   for n, (x0, y0, x1, y1, k) in enumerate(boxes)]
+        tasks.append({"id": i + 1, "data": {"image": urls[i]},
+                      "annotations": [{"id": i + 10, "result": results,
+                                       "was_cancelled": False}], "predictions": []})
+    json_file = root / "export.json"
+    json_file.write_text(json.dumps(tasks))
+    return Base([str(json_file), f"images={root / 'images'}"], [json_file], images)
+
+
 # ---------------------------------------------------------------------------------------
 # Mutations
 # ---------------------------------------------------------------------------------------
@@ -289,6 +340,130 @@ def mutate_yolo(rng: random.Random, path: Path, text: str) -> str:
     return "\n".join(" ".join(line) for line in lines) + "\n"
 
 
+def _mutate_json_tree(rng: random.Random, data: object) -> None:
+    """One generic edit of a JSON tree: a bad value, a dropped or a duplicated entry."""
+    spots = _random_path(rng, data)
+    if not spots:
+        return
+    where, key = rng.choice(spots)
+    parent = _at(data, where)
+    operation = rng.choice(["value", "value", "drop", "duplicate"])
+    if operation == "value":
+        parent[key] = copy.deepcopy(rng.choice(BAD_VALUES))
+    elif operation == "drop":
+        del parent[key]
+    elif isinstance(parent, list):
+        parent.append(copy.deepcopy(parent[key]))
+
+
+def _shapes(data: object, key: str) -> list[dict]:
+    """The dicts of ``data[key]`` (LabelMe shapes), or of every task's first annotation's
+    result (Label Studio), whatever survived earlier mutations."""
+    if isinstance(data, dict) and isinstance(data.get(key), list):
+        return [s for s in data[key] if isinstance(s, dict)]
+    found = []
+    for task in data if isinstance(data, list) else []:
+        for annotation in (task.get(key) or []) if isinstance(task, dict) else []:
+            result = annotation.get("result") if isinstance(annotation, dict) else None
+            found += [r for r in result or [] if isinstance(r, dict)]
+    return found
+
+
+def mutate_labelme(rng: random.Random, path: Path, text: str) -> str:
+    data = json.loads(text)
+    for _ in range(rng.randint(1, 3)):
+        operation = rng.choice(["tree", "tree", "points", "shape_type", "label", "image",
+                                "size"])
+        shapes = _shapes(data, "shapes")
+        if operation == "points" and shapes:
+            rng.choice(shapes)["points"] = rng.choice(
+                [[[1, 2]], [[1, 2], [3]], [[0, 0], [1e9, 1e9]], [[-50, -50], [10, 10]],
+                 [["1", "2"], ["30", "40"]], "1 2 3 4", [[math.nan, 0], [10, 10]],
+                 [[5, 5], [5, 5]], [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]])
+        elif operation == "shape_type" and shapes:
+            rng.choice(shapes)["shape_type"] = rng.choice(
+                ["rectangle", "polygon", "circle", "line", "point", "mask", None, "", 5,
+                 "oriented_rectangle"])
+        elif operation == "label" and shapes:
+            rng.choice(shapes)["label"] = rng.choice(
+                ["", "__ignore__", "Cat", " cat ", None, 3, "\u732b", "unknown_class"])
+        elif operation == "image" and isinstance(data, dict):
+            data["imagePath"] = rng.choice(["missing.jpg", "", "..\\..\\0.jpg",
+                                            "/nonexistent/x.png", "sub/", None, "1.jpg"])
+        elif operation == "size" and isinstance(data, dict):
+            data[rng.choice(["imageWidth", "imageHeight"])] = rng.choice(
+                [0, -5, "64", 1e30, 64.5, None, 1, 2**40])
+        else:
+            _mutate_json_tree(rng, data)
+    return json.dumps(data, allow_nan=True)
+
+
+def mutate_cvat(rng: random.Random, path: Path, text: str) -> str:
+    if rng.random() < 0.2:  # entity expansion, a DOCTYPE, an unclosed tag, other shapes
+        return rng.choice([
+            '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "xxxxxxxxxx"><!ENTITY f "&e;&e;&e;'
+            '&e;&e;&e;&e;&e;&e;&e;">]><annotations><image name="&f;"/></annotations>',
+            '<!DOCTYPE a SYSTEM "file:///etc/passwd"><annotations></annotations>',
+            text.replace("</annotations>", ""),
+            text.replace("</image>", '<track id="0" label="cat"></track></image>', 1),
+            text.replace("<box ", '<polygon points="2,3;20,8;11,30" ', 1),
+            text.replace("<box ", '<polyline points="2,3;20,8" ', 1),
+            text.replace('z_order="0"', 'rotation="30" z_order="0"', 1),
+        ])
+    root = ET.fromstring(text)
+    for _ in range(rng.randint(1, 3)):
+        elements = list(root.iter())
+        element = rng.choice(elements)
+        operation = rng.choice(["attribute", "attribute", "text", "drop", "duplicate",
+                                "label"])
+        if operation == "attribute" and element.attrib:
+            element.set(rng.choice(sorted(element.attrib)), str(rng.choice(
+                BAD_VALUES + ["-5", "1e9", "nan", "inf", "0x10", "1,2;3", "45"])))
+        elif operation == "text":
+            element.text = str(rng.choice(BAD_VALUES + ["", "dog", "cat"]))
+        elif operation in ("drop", "duplicate") and element is not root:
+            parent = next(p for p in root.iter() if element in list(p))
+            if operation == "drop":
+                parent.remove(element)
+            else:
+                parent.append(copy.deepcopy(element))
+        else:
+            for box in root.iter("box"):
+                box.set("label", rng.choice(["", "unknown_class", "Cat", " cat ", "\u732b"]))
+                break
+    return ET.tostring(root, encoding="unicode")
+
+
+def mutate_labelstudio(rng: random.Random, path: Path, text: str) -> str:
+    data = json.loads(text)
+    for _ in range(rng.randint(1, 3)):
+        operation = rng.choice(["tree", "tree", "value", "type", "size", "url", "labels"])
+        results = _shapes(data, "annotations")
+        result = rng.choice(results) if results else None
+        values = result.get("value") if result is not None else None
+        if operation == "value" and isinstance(values, dict):
+            values[rng.choice(["x", "y", "width", "height", "rotation", "points"])] = (
+                rng.choice(BAD_VALUES + [150, -20, 99.5, 45, [[1, 2]], "50"]))
+        elif operation == "type" and result is not None:
+            result["type"] = rng.choice(["polygonlabels", "choices", "keypointlabels", None,
+                                         "", 3, "rectangle"])
+        elif operation == "size" and result is not None:
+            result[rng.choice(["original_width", "original_height"])] = rng.choice(
+                [0, -5, "64", 1e30, 64.5, None, 1, 2**40])
+        elif operation == "labels" and isinstance(values, dict):
+            values["rectanglelabels"] = rng.choice(
+                [[], ["cat", "dog"], "cat", [None], ["Cat"], ["unknown_class"], [""]])
+        elif operation == "url" and isinstance(data, list) and data and isinstance(
+                data[0], dict) and isinstance(data[0].get("data"), dict):
+            data[0]["data"]["image"] = rng.choice(
+                ["/data/upload/9/ffffffff-missing.jpg", "", "/data/local-files/?d=",
+                 "/data/local-files/?d=..%2F..%2Fetc%2Fpasswd", "s3://", "http://x/",
+                 "C:\\images\\0.jpg", None, 5, "%zz"])
+        else:
+            _mutate_json_tree(rng, data)
+    return json.dumps(data, allow_nan=True)
+
+
 def damage_bytes(rng: random.Random, data: bytes) -> bytes:
     """Byte-level damage: truncation, garbage, NUL bytes, another encoding, a BOM, nothing."""
     operation = rng.choice(["truncate", "garbage", "nul", "utf16", "latin1", "bom", "empty",
@@ -318,6 +493,9 @@ FUZZ_TARGETS = [
     FuzzTarget("voc", build_voc, mutate_voc),
     FuzzTarget("csv", build_csv, mutate_csv),
     FuzzTarget("yolo", build_yolo, mutate_yolo),
+    FuzzTarget("labelme", build_labelme, mutate_labelme),
+    FuzzTarget("cvat", build_cvat, mutate_cvat),
+    FuzzTarget("labelstudio", build_labelstudio, mutate_labelstudio),
 ]
 """What to fuzz; a target whose name ``retinanet_ext.data`` does not register is skipped."""
 

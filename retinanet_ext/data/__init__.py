@@ -1,4 +1,5 @@
-"""Datasets for retinanet_ext: register COCO, Pascal VOC, CSV and YOLO data, and validate it.
+"""Datasets for retinanet_ext: register COCO, Pascal VOC, CSV, YOLO, LabelMe, CVAT and Label
+Studio data, and validate it.
 
 One call registers a dataset in Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``
 (standard dataset dicts, ``evaluator_type="coco"``); on first load it is validated
@@ -24,6 +25,7 @@ from retinanet_ext.data.catalog import (
 )
 from retinanet_ext.data.coco import register_coco_dataset
 from retinanet_ext.data.csv_dataset import read_classes_file, register_csv_dataset
+from retinanet_ext.data.cvat import register_cvat_dataset, write_cvat_xml
 from retinanet_ext.data.formats import (
     DATASET_FORMATS,
     DatasetFormat,
@@ -33,6 +35,9 @@ from retinanet_ext.data.formats import (
     register_format,
     spec_grammar,
 )
+from retinanet_ext.data.labeled_image import LabeledImage
+from retinanet_ext.data.labelme import register_labelme_dataset
+from retinanet_ext.data.labelstudio import register_labelstudio_dataset, write_labelstudio_json
 from retinanet_ext.data.spec import (
     SPEC_GRAMMAR,
     DatasetSpec,
@@ -50,6 +55,7 @@ __all__ = [
     "DatasetFormat",
     "DatasetSpec",
     "DatasetSummary",
+    "LabeledImage",
     "SPEC_GRAMMAR",
     "SpecField",
     "check_data",
@@ -63,12 +69,17 @@ __all__ = [
     "read_classes_file",
     "register_coco_dataset",
     "register_csv_dataset",
+    "register_cvat_dataset",
     "register_dataset_spec",
     "register_format",
+    "register_labelme_dataset",
+    "register_labelstudio_dataset",
     "register_voc_dataset",
     "register_yolo_dataset",
     "spec_grammar",
     "unregister_dataset",
     "validate_dataset",
     "validated_boxes",
+    "write_cvat_xml",
+    "write_labelstudio_json",
 ]

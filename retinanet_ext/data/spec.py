@@ -13,6 +13,9 @@ paths must not contain one. The built-in formats, with ``D=../shared/datasets``:
            LabelImg layout (each XML beside its image in ROOT)
     csv  : NAME=csv:CSV_FILE[:CLASSES_FILE][:images=DIR]
     yolo : NAME=yolo:DATA_YAML:SPLIT | NAME=yolo:IMAGES_DIR[:CLASSES_FILE]
+    labelme     : NAME=labelme:DIR[:classes=FILE]
+    cvat        : NAME=cvat:XML_FILE[:images=DIR][:subset=SUBSET]
+    labelstudio : NAME=labelstudio:JSON_FILE[:images=DIR][:classes=FILE]
 
 NAME is what goes in ``DATASETS.TRAIN`` / ``DATASETS.TEST``: letters, digits, ``_``,
 ``-`` and ``.``. Examples::
@@ -28,7 +31,15 @@ NAME is what goes in ``DATASETS.TRAIN`` / ``DATASETS.TEST``: letters, digits, ``
 from __future__ import annotations
 
 # The format modules add their entries to the table when imported.
-from retinanet_ext.data import coco, csv_dataset, voc, yolo  # noqa: F401
+from retinanet_ext.data import (  # noqa: F401
+    coco,
+    csv_dataset,
+    cvat,
+    labelme,
+    labelstudio,
+    voc,
+    yolo,
+)
 from retinanet_ext.data.formats import (
     DatasetSpec,
     parse_dataset_spec,
