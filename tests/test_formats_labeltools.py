@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 from retinanet_ext.data import (
     DATASET_FORMATS,
@@ -33,17 +32,10 @@ from retinanet_ext.data import (
     write_labelstudio_json,
 )
 from retinanet_ext.data.labelstudio import MODEL_VERSION, image_candidates
+from tests._data_helpers import blank_image, data_warnings
 
-
-def _image(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (90, 140, 30)).save(path)
-    return path
-
-
-def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "retinanet_ext.data" and r.levelno == logging.WARNING]
+_image = blank_image
+_warnings = data_warnings
 
 
 def _boxes(name: str) -> list[list[tuple[int, list[float]]]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 from retinanet_ext.data import (
     DatasetError,
@@ -20,17 +19,10 @@ from retinanet_ext.data import (
     validate_dataset,
 )
 from retinanet_ext.data.yolo import label_path
+from tests._data_helpers import blank_image, data_warnings
 
-
-def _image(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (90, 140, 30)).save(path)
-    return path
-
-
-def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "retinanet_ext.data" and r.levelno == logging.WARNING]
+_image = blank_image
+_warnings = data_warnings
 
 
 # github.com/0verwritten/parking-lot-yolo-detection, datasets/Parking-Space-1/data.yaml
