@@ -39,27 +39,22 @@ gap. Listed, with the versions they cover and the private names they touch, in
 
 from __future__ import annotations
 
+# The venv's start-up hook executes this module at every Python start: only what apply()
+# needs is imported here; the rest inside the functions that use it.
 import contextlib
-import dataclasses
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
-import logging
 import os
-import socket
 import sys
-import sysconfig
 import types
-import urllib.parse
 import warnings
-from collections.abc import Callable, Iterator
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from datetime import timedelta
+    from pathlib import Path
 
 EXTENSION_HELP = (
     "Detectron2's compiled C++ extension (detectron2._C) is not installed: this "
@@ -112,7 +107,7 @@ class _MissingExtensionModule(types.ModuleType):
         return missing
 
 
-class _StandInLoader(importlib.abc.Loader):
+class _StandInLoader:
     """Makes the ``detectron2._C`` stand-in when no finder has the real extension."""
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
@@ -137,6 +132,8 @@ def has_compiled_extension() -> bool:
 
 def describe_detectron2() -> str:
     """One line for logs: Detectron2's version, distribution, location and ``_C`` state."""
+    import json
+    import urllib.parse
     from importlib import metadata
 
     import detectron2
@@ -177,10 +174,10 @@ def _real_spec(fullname: str, path: Any = None) -> importlib.machinery.ModuleSpe
     return None
 
 
-class _BridgedLoader(importlib.abc.Loader):
+class _BridgedLoader:
     """Wraps a module's loader: its code executes inside ``bridge()``, then ``after(module)``."""
 
-    def __init__(self, loader: importlib.abc.Loader, bridge: Callable[[], Any] | None,
+    def __init__(self, loader: Any, bridge: Callable[[], Any] | None,
                  after: Callable[[types.ModuleType], None] | None) -> None:
         self._loader = loader
         self._bridge = bridge or contextlib.nullcontext
@@ -199,7 +196,7 @@ class _BridgedLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _ImportBridges(importlib.abc.MetaPathFinder):
+class _ImportBridges:
     """A meta-path finder that answers only for the modules a bridge is scoped to.
 
     It takes the spec the other finders give and wraps its loader, so the bridge (a
@@ -210,7 +207,7 @@ class _ImportBridges(importlib.abc.MetaPathFinder):
 
     def __init__(self, bridges: dict[str, Callable[[], Any]],
                  after: dict[str, Callable[[types.ModuleType], None]],
-                 fallbacks: dict[str, importlib.abc.Loader]) -> None:
+                 fallbacks: dict[str, _StandInLoader]) -> None:
         self.bridges = bridges
         self.after = after
         self.fallbacks = fallbacks
@@ -332,7 +329,7 @@ def missing_bridges_help(error: BaseException) -> str | None:
     return (f"importing Detectron2 failed ({type(error).__name__}: {text}): this Detectron2 "
             "needs retinanet_ext's compatibility bridges, which are installed into the "
             "project's venv by ./run. In another environment, run once:\n"
-            f"    {sys.executable} {Path(__file__).resolve()} --install-startup-hook")
+            f"    {sys.executable} {os.path.realpath(__file__)} --install-startup-hook")
 
 
 def install_startup_hook(site_packages: str | os.PathLike | None = None) -> Path:
@@ -342,6 +339,9 @@ def install_startup_hook(site_packages: str | os.PathLike | None = None) -> Path
     ``retinanet_ext.compat`` (one module object, which the package reuses once it imports)
     and calls :func:`apply`; nothing else runs, and it does nothing where the package is
     gone. Returns the hook's path."""
+    import sysconfig
+    from pathlib import Path
+
     folder = Path(site_packages or sysconfig.get_paths()["purelib"])
     line = (  # one line: site runs a .pth line that starts with "import"
         "import os, sys, importlib.util as u; "
@@ -358,8 +358,7 @@ def install_startup_hook(site_packages: str | os.PathLike | None = None) -> Path
     return hook
 
 
-@dataclasses.dataclass(frozen=True)
-class PrivateName:
+class PrivateName(NamedTuple):
     """A private name of Detectron2, fvcore or numpy that the project relies on."""
 
     name: str  #: dotted, as its owner spells it
@@ -405,10 +404,10 @@ def _numpy_pickle_names() -> bool:
 
 
 def _extension_module_name() -> bool:
-    import detectron2
-
-    return (importlib.util.find_spec("detectron2._C") is not None
-            or os.path.isdir(os.path.dirname(detectron2.__file__)))
+    # detectron2.layers imports its ops from detectron2._C: the real extension or, where it is
+    # missing, the stand-in answers for that name; under another name neither would be loaded.
+    importlib.import_module("detectron2.layers")
+    return sys.modules.get("detectron2._C") is not None
 
 
 #: Every private name the project touches, in one place (docs/compat.md is its page; a test on
@@ -450,6 +449,8 @@ def missing_private_names() -> list[str]:
 
 def find_free_port() -> int:
     """A TCP port on 127.0.0.1 free at the time of the call (another process may take it)."""
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -534,15 +535,20 @@ def launch(
     machine_rank: int = 0,
     dist_url: str | None = None,
     args: tuple = (),
-    timeout: timedelta = timedelta(minutes=30),
+    timeout: timedelta | None = None,
 ) -> None:
     """Detectron2's ``launch``, plus CPU processes over gloo when CUDA is absent.
 
     ``num_gpus_per_machine`` counts processes per machine; on a machine without CUDA
     each process trains on CPU. ``dist_url="auto"`` picks a free local port
-    (single machine only).
+    (single machine only). ``timeout`` (the process group's): 30 minutes by default.
     """
+    from datetime import timedelta
+
     import torch
+
+    if timeout is None:
+        timeout = timedelta(minutes=30)
 
     if torch.cuda.is_available():
         from detectron2.engine import launch as detectron2_launch
